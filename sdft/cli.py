@@ -1,0 +1,168 @@
+"""The `sdft` command line: thin commands that parse, load the config, make one call and print."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from sdft.config import Config, load_config
+from sdft.console import console, err_console
+from sdft.errors import UserError
+
+app = typer.Typer(
+    help="Continual fine-tuning experiments: SDFT against SFT and friends, with forgetting measured.\n\n"
+    "With no config every command runs on the embedded world: a tiny model shipped with sdft, on a CPU.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state = {"debug": False}
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config with overrides of the defaults.")]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override one config key, e.g. --set train.learning_rate=1e-5 (repeatable)."),
+]
+OutputOption = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to write (default: runs/<timestamp>-<command>).")]
+TasksOption = Annotated[Optional[str], typer.Option("--tasks", "-t", help="Comma-separated task names (default: the config's tasks).")]
+LimitOption = Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N rows of each task.")]
+ModelArgument = Annotated[
+    Optional[str], typer.Argument(help="A hub id, a local model folder, a run folder, or 'embedded' (default: the config's model).")
+]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def user_errors(command: Callable) -> Callable:
+    """A UserError becomes one red line on stderr and exit code 1 (the traceback only with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as err:
+            if _state["debug"]:
+                raise
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _config(path: Path | None, overrides: list[str] | None, **cli_overrides) -> Config:
+    """The config file, then --set overrides, then the command's own options (which win)."""
+    extra = [f"{key}={value}" for key, value in cli_overrides.items() if value is not None]
+    return load_config(path, [*(overrides or []), *extra])
+
+
+def _split(names: str | None) -> list[str] | None:
+    return [n.strip() for n in names.split(",") if n.strip()] if names else None
+
+
+def _not_built(what: str) -> None:
+    err_console.print(f"[yellow]{what} is not built yet in this version of sdft.[/]")
+    raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config of the stage (e.g. configs/sdft.yaml).")],
+    set_: SetOption = None,
+    output: OutputOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
+) -> None:
+    """Learn one task from demonstrations with the config's method (sdft, sft, dft)."""
+    _config(config, set_)
+    _not_built("`sdft train`")
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    model: ModelArgument = None,
+    tasks: TasksOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    output: OutputOption = None,
+    teacher: Annotated[bool, typer.Option(help="Use the SDFT teacher prompt (question + demonstration) instead of the plain question.")] = False,
+    limit: LimitOption = None,
+    prior_tasks: Annotated[bool, typer.Option(help="Also evaluate every earlier task of a run's lineage, next to the base model.")] = False,
+) -> None:
+    """Evaluate a model on tasks (greedy, batched) and on the general-capability suite."""
+    from sdft.run_eval import plan_evaluation, run_eval
+    from sdft.tables import eval_table
+
+    if prior_tasks:
+        _not_built("`sdft eval --prior-tasks`")
+    cfg = _config(config, set_, **{"model.name_or_path": model, "eval.limit": limit})
+    plan = plan_evaluation(cfg, "eval", output, _split(tasks))
+    results = run_eval(plan, teacher=teacher)
+    console.print(eval_table(results))
+    console.print(f"results: {plan.run_dir / 'results.json'}")
+
+
+@app.command()
+@user_errors
+def check(
+    model: ModelArgument = None,
+    tasks: TasksOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    output: OutputOption = None,
+    limit: LimitOption = None,
+) -> None:
+    """In-context readiness: is the model with a demonstration in its prompt good enough to be its own teacher?"""
+    from sdft.run_eval import plan_evaluation, run_check
+    from sdft.tables import check_table
+
+    cfg = _config(config, set_, **{"model.name_or_path": model, "eval.limit": limit})
+    plan = plan_evaluation(cfg, "check", output, _split(tasks))
+    results = run_check(plan)
+    console.print(check_table(results))
+    colour = "green" if results["verdict"] == "ready" else "yellow"
+    console.print(f"verdict: [bold {colour}]{results['verdict']}[/]")
+    for reason in results["reasons"]:
+        console.print(f"  {reason}")
+    console.print(f"results: {plan.run_dir / 'results.json'}")
+
+
+@app.command()
+@user_errors
+def sequence(
+    tasks: Annotated[Optional[list[str]], typer.Argument(help="Tasks in training order (default: the config's tasks).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    output: OutputOption = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods, each trained as its own chain.")] = "sdft,sft",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; several give means and 95% intervals.")] = "0",
+) -> None:
+    """Learn tasks one after another; evaluate every task after every stage; report forgetting."""
+    _config(config, set_)
+    _not_built("`sdft sequence`")
+
+
+@app.command("tasks")
+@user_errors
+def tasks_(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """List the known tasks with their source, version, scorer and split sizes."""
+    from sdft.tables import tasks_table
+    from sdft.tasks.registry import task_registry
+
+    cfg = _config(config, set_)
+    registry = task_registry(cfg.custom_tasks)
+    console.print(tasks_table([load() for load in registry.values()]))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,193 @@
+"""Every knob of the toolkit, as dataclasses: the one home of every default.
+
+YAML files and `--set a.b=value` overrides only change fields declared here. Loading is strict: an unknown
+key fails with a did-you-mean, a wrong type names the key and the file, and contradictory settings fail
+in `validate()` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sdft.config_loading import apply_override, from_mapping
+from sdft.errors import UserError
+
+EMBEDDED_MODEL = "embedded"
+EMBEDDED_TASKS = ["science", "tools", "medical"]
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how."""
+
+    name_or_path: str = EMBEDDED_MODEL
+    """A hub id, a local Hugging Face folder, a run folder, or 'embedded' (the shipped tiny model)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin; None = the hub's default."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype. bfloat16 halves memory on GPUs; keep float32 on CPU."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless you trust its author."""
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (peft). Off = full fine-tuning."""
+
+    enabled: bool = False
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters (Llama/Qwen naming)."""
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding for evaluation."""
+
+    max_new_tokens: int = 160
+    """Cap on generated tokens; responses that hit it are counted and reported."""
+    batch_size: int = 64
+    """Prompts generated together (left padding, KV cache)."""
+    temperature: float = 0.0
+    """0 = greedy decoding; > 0 samples."""
+    top_p: float = 1.0
+    samples: int = 1
+    """Completions per prompt; > 1 (with temperature > 0) gives pass@k."""
+
+
+@dataclass
+class EvalConfig:
+    """What `sdft eval` and `sdft check` measure."""
+
+    tasks: list[str] = field(default_factory=list)
+    """Tasks to evaluate; empty = the config's top-level `tasks`."""
+    general: list[str] | None = None
+    """The general-capability suite (prior skills): their mean is the forgetting measure.
+    None = the embedded world's prior-skill suite; [] = none."""
+    split: str = "test"
+    limit: int | None = None
+    """Evaluate only the first N rows of each task (None = all)."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+@dataclass
+class CheckConfig:
+    """The in-context readiness check: can the model serve as its own teacher?"""
+
+    min_teacher_gain: float = 0.10
+    """The teacher (prompt + demonstration) must beat the student by at least this much on every task."""
+    min_teacher_accuracy: float = 0.50
+    """... and reach at least this accuracy, or its targets are mostly wrong."""
+
+
+@dataclass
+class TrainConfig:
+    """One training stage: learn `task` with `method` (the trainers read these)."""
+
+    method: Literal["sdft", "sft", "dft"] = "sdft"
+    task: str = "science"
+    learning_rate: float = 1e-4
+    steps: int = 150
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Prompts per optimizer step (across gradient accumulation)."""
+    gradient_accumulation: int = 1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    teacher: Literal["frozen", "ema", "live"] = "frozen"
+    """frozen: the weights at stage start; ema: the published recipe; live: the student itself (diverges)."""
+    ema_rate: float = 0.01
+    """phi <- rate * theta + (1 - rate) * phi after every optimizer step (teacher: ema)."""
+    rollout_temperature: float = 1.0
+    checkpoint_every: int = 50
+    log_every: int = 10
+
+
+@dataclass
+class Config:
+    """The whole configuration of a command."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    tasks: list[str] = field(default_factory=lambda: list(EMBEDDED_TASKS))
+    """The tasks of this experiment (a sequence trains them in this order)."""
+    custom_tasks: list[str] = field(default_factory=list)
+    """YAML files defining custom tasks (see README: custom tasks); their names join the registry."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+    seed: int = 0
+    output_root: str = "runs"
+    """Where run folders go when a command gets no --output."""
+
+    def validate(self) -> "Config":
+        """Reject contradictory settings before anything expensive happens."""
+        _validate(self)
+        return self
+
+
+def _validate(cfg: Config) -> None:
+    gen = cfg.eval.generation
+    checks = [
+        (gen.samples > 1 and gen.temperature == 0, "eval.generation.samples > 1 needs eval.generation.temperature > 0 (greedy decoding gives the same completion every time)"),
+        (gen.temperature < 0, "eval.generation.temperature must be >= 0"),
+        (not 0 < gen.top_p <= 1, "eval.generation.top_p must be in (0, 1]"),
+        (gen.max_new_tokens < 1 or gen.batch_size < 1 or gen.samples < 1, "eval.generation.max_new_tokens, batch_size and samples must be >= 1"),
+        (cfg.eval.limit is not None and cfg.eval.limit < 1, "eval.limit must be >= 1 or null"),
+        (cfg.train.teacher == "ema" and not 0 < cfg.train.ema_rate <= 1, "train.ema_rate must be in (0, 1] when train.teacher is 'ema'"),
+        (cfg.train.batch_size % cfg.train.gradient_accumulation != 0, "train.batch_size must be divisible by train.gradient_accumulation"),
+        (cfg.train.steps < 1 or cfg.train.learning_rate <= 0, "train.steps and train.learning_rate must be positive"),
+        (cfg.lora.enabled and cfg.lora.r < 1, "lora.r must be >= 1"),
+        (not cfg.tasks, "tasks must name at least one task"),
+        (len(set(cfg.tasks)) != len(cfg.tasks), f"tasks lists a task twice: {cfg.tasks}"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise UserError(message)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then `a.b=value` overrides; validated."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        data, source = _read_yaml(Path(path)), str(path)
+    cfg = from_mapping(Config, data, source)
+    for override in overrides or []:
+        apply_override(cfg, override)
+    return cfg.validate()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file '{path}' not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Every field, defaults included: what goes into a run folder's config.yaml."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,125 @@
+"""Strict conversion of plain mappings (parsed YAML, `a.b=value` overrides) into config dataclasses.
+
+Kept apart from sdft/config.py so that the knobs read as a list there, and the machinery lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from sdft.errors import UserError
+from sdft.suggest import did_you_mean
+
+
+def from_mapping(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `data`; unknown keys and wrong types raise UserError naming `source`."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            dotted = prefix + str(key)
+            hint = did_you_mean(dotted, [prefix + name for name in names])
+            raise UserError(f"{source}: unknown key '{dotted}'{hint}")
+    values = {key: _convert(hints[key], value, source, prefix + key) for key, value in data.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: '{key}' must be a mapping of keys, got {value!r}")
+        return from_mapping(hint, value, source, key + ".")
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return _convert_union(hint, value, source, key)
+    if origin is Literal:
+        if value not in get_args(hint):
+            choices = ", ".join(repr(c) for c in get_args(hint))
+            raise UserError(f"{source}: '{key}' must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{source}: '{key}' must be a list, got {value!r}")
+        (item,) = get_args(hint)
+        return [_convert(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    return _convert_scalar(hint, value, source, key)
+
+
+def _convert_union(hint: Any, value: Any, source: str, key: str) -> Any:
+    options = [a for a in get_args(hint) if a is not type(None)]
+    if value is None:
+        if type(None) in get_args(hint):
+            return None
+        raise UserError(f"{source}: '{key}' must not be null")
+    errors = []
+    for option in options:
+        try:
+            return _convert(option, value, source, key)
+        except UserError as err:
+            errors.append(err)
+    raise errors[0]
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _convert_scalar(hint: Any, value: Any, source: str, key: str) -> Any:
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, str):
+        value = _float_or_none(value) if _float_or_none(value) is not None else value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"{source}: '{key}' must be {_TYPE_WORDS.get(hint, hint.__name__)}, got {value!r}")
+
+
+def _float_or_none(text: str) -> float | None:
+    # PyYAML reads '1e-5' (no dot) as a string; accept it where a number is expected.
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def apply_override(cfg: Any, override: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML ('1e-5', 'true', '[a, b]')."""
+    source = f"override '{override}'"
+    if "=" not in override:
+        raise UserError(f"{source}: expected KEY=VALUE, e.g. train.learning_rate=1e-5")
+    dotted, raw = override.split("=", 1)
+    *parents, leaf = dotted.strip().split(".")
+    target, prefix = cfg, ""
+    for part in parents:
+        _check_field(target, part, source, prefix)
+        target, prefix = getattr(target, part), prefix + part + "."
+    _check_field(target, leaf, source, prefix)
+    hint = get_type_hints(type(target))[leaf]
+    setattr(target, leaf, _convert(hint, _parse_value(raw, source), source, prefix + leaf))
+
+
+def _check_field(obj: Any, name: str, source: str, prefix: str) -> None:
+    names = [f.name for f in dataclasses.fields(obj)] if dataclasses.is_dataclass(obj) else []
+    if name not in names:
+        hint = did_you_mean(prefix + name, [prefix + n for n in names])
+        raise UserError(f"{source}: unknown key '{prefix}{name}'{hint}")
+
+
+def _parse_value(raw: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise UserError(f"{source}: the value is not valid YAML ({err})") from err
+
+
+__all__ = ["from_mapping", "apply_override"]

@@ -1,0 +1,133 @@
+"""`sdft eval` and `sdft check`: load the config's model and tasks, evaluate, write the run folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdft.config import EMBEDDED_MODEL, Config
+from sdft.console import progress_bar
+from sdft.evaluate import TaskEval, evaluate_task, general_summary
+from sdft.models import LoadedModel, load_model
+from sdft.runs import atomic_write_json, atomic_write_text, new_run_dir, write_run_header
+from sdft.tasks.registry import embedded_prior_skills, load_tasks, require_known, task_registry
+from sdft.tasks.spec import TaskSpec
+
+
+@dataclass
+class EvalPlan:
+    """Everything an evaluation needs, resolved and checked before the model is loaded."""
+
+    cfg: Config
+    tasks: list[TaskSpec]
+    general: list[TaskSpec]
+    run_dir: Path
+
+
+def plan_evaluation(cfg: Config, command: str, output: str | Path | None, tasks: list[str] | None) -> EvalPlan:
+    registry = task_registry(cfg.custom_tasks)
+    task_names = tasks or cfg.eval.tasks or cfg.tasks
+    general_names = embedded_prior_skills() if cfg.eval.general is None else cfg.eval.general
+    require_known([*task_names, *general_names], registry)
+    specs, general = load_tasks(task_names, registry), load_tasks(general_names, registry)
+    return EvalPlan(cfg, specs, general, new_run_dir(output, command, cfg))
+
+
+def world_of(model_name: str, tasks: list[TaskSpec]) -> str:
+    """'embedded' when the shipped tiny model runs the embedded tasks; otherwise 'custom'."""
+    embedded = model_name == EMBEDDED_MODEL and all(t.source == "embedded" for t in tasks)
+    return "embedded" if embedded else "custom"
+
+
+def evaluate_many(loaded: LoadedModel, plan: EvalPlan, jobs: list[tuple[TaskSpec, bool]]) -> list[TaskEval]:
+    """Evaluate (task, teacher?) pairs under one progress bar."""
+    ecfg = plan.cfg.eval
+    total = sum(len(t.split(ecfg.split)[: ecfg.limit] if ecfg.limit else t.split(ecfg.split)) for t, _ in jobs)
+    results = []
+    with progress_bar() as progress:
+        bar = progress.add_task("evaluating", total=total)
+        for task, teacher in jobs:
+            progress.update(bar, description=f"{task.name} ({'teacher' if teacher else 'student'})")
+            advance = lambda n: progress.advance(bar, n)  # noqa: E731
+            results.append(evaluate_task(loaded, task, ecfg.generation, ecfg.split, ecfg.limit, teacher, advance))
+    return results
+
+
+def run_eval(plan: EvalPlan, teacher: bool = False) -> dict:
+    """Scores of the config's model on the plan's tasks (plain or teacher prompt) and the general suite."""
+    loaded = _load(plan, "eval")
+    jobs = [(t, teacher) for t in plan.tasks] + [(g, False) for g in plan.general]
+    evals = evaluate_many(loaded, plan, jobs)
+    task_evals, general_evals = evals[: len(plan.tasks)], evals[len(plan.tasks) :]
+    results = {
+        "model": plan.cfg.model.name_or_path,
+        "world": world_of(plan.cfg.model.name_or_path, plan.tasks + plan.general),
+        "prompt": "teacher" if teacher else "student",
+        "split": plan.cfg.eval.split,
+        "scores": {e.task: e.summary() for e in task_evals},
+        "general": general_summary(general_evals),
+    }
+    _write_results(plan.run_dir, results, jobs, evals)
+    return results
+
+
+def run_check(plan: EvalPlan) -> dict:
+    """Student (plain prompt) against teacher (prompt + demonstration) on every task, and a verdict."""
+    loaded = _load(plan, "check")
+    jobs = [(t, teacher) for t in plan.tasks for teacher in (False, True)] + [(g, False) for g in plan.general]
+    evals = evaluate_many(loaded, plan, jobs)
+    pairs = [evals[2 * i : 2 * i + 2] for i in range(len(plan.tasks))]
+    general_evals = evals[2 * len(plan.tasks) :]
+    scores = {student.task: _check_scores(student, teacher) for student, teacher in pairs}
+    verdict, reasons = readiness_verdict(scores, plan.cfg)
+    results = {
+        "model": plan.cfg.model.name_or_path,
+        "world": world_of(plan.cfg.model.name_or_path, plan.tasks + plan.general),
+        "split": plan.cfg.eval.split,
+        "scores": scores,
+        "general": general_summary(general_evals),
+        "verdict": verdict,
+        "reasons": reasons,
+    }
+    _write_results(plan.run_dir, results, jobs, evals)
+    return results
+
+
+def _check_scores(student: TaskEval, teacher: TaskEval) -> dict:
+    return {
+        "student": student.accuracy,
+        "teacher": teacher.accuracy,
+        "unseen_student": student.unseen_accuracy,
+        "unseen_teacher": teacher.unseen_accuracy,
+        "n": student.n,
+        "n_unseen": student.n_unseen,
+        "version": student.version,
+    }
+
+
+def readiness_verdict(scores: dict[str, dict], cfg: Config) -> tuple[str, list[str]]:
+    """'ready' when on every task the teacher beats the student by check.min_teacher_gain and reaches
+    check.min_teacher_accuracy; otherwise 'weak', with one reason per failing task."""
+    gain, floor = cfg.check.min_teacher_gain, cfg.check.min_teacher_accuracy
+    reasons = []
+    for task, s in scores.items():
+        if s["teacher"] - s["student"] < gain:
+            reasons.append(f"{task}: teacher {s['teacher']:.2f} beats student {s['student']:.2f} by less than {gain:.2f}")
+        elif s["teacher"] < floor:
+            reasons.append(f"{task}: teacher accuracy {s['teacher']:.2f} is below {floor:.2f}")
+    return ("weak" if reasons else "ready"), reasons
+
+
+def _load(plan: EvalPlan, command: str) -> LoadedModel:
+    loaded = load_model(plan.cfg.model)
+    write_run_header(plan.run_dir, plan.cfg, command, str(loaded.device))
+    return loaded
+
+
+def _write_results(run_dir: Path, results: dict, jobs: list[tuple[TaskSpec, bool]], evals: list[TaskEval]) -> None:
+    """results.json, and every generated response under samples/<task>[-teacher].jsonl for reading."""
+    for (task, teacher), e in zip(jobs, evals):
+        lines = "".join(json.dumps(s) + "\n" for s in e.samples)
+        atomic_write_text(run_dir / "samples" / f"{task.name}{'-teacher' if teacher else ''}.jsonl", lines)
+    atomic_write_json(run_dir / "results.json", results)

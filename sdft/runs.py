@@ -1,0 +1,100 @@
+"""Run folders: where every command that trains or evaluates writes, atomically.
+
+runs/<name>/config.yaml   the resolved config, every default written out
+runs/<name>/env.json      package versions, git hash, device, seed
+runs/<name>/results.json  the command's scores
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sdft.config import Config, config_to_dict
+
+_PACKAGES = ("sdft", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def new_run_dir(output: str | Path | None, command: str, cfg: Config) -> Path:
+    """The folder a command writes to: --output if given, else <output_root>/<timestamp>-<command>."""
+    if output is not None:
+        run_dir = Path(output)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(cfg.output_root) / f"{stamp}-{command}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def write_run_header(run_dir: Path, cfg: Config, command: str, device: str) -> None:
+    """config.yaml and env.json: enough to know later exactly what ran where."""
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic_write_json(run_dir / "env.json", environment(command, device, cfg.seed))
+
+
+def environment(command: str, device: str, seed: int) -> dict[str, Any]:
+    return {
+        "command": command,
+        "argv": sys.argv,
+        "time": datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in _PACKAGES},
+        "git": _git_hash(),
+        "device": device,
+        "seed": seed,
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_hash() -> str | None:
+    """The commit of the sdft source tree (with '+dirty' for local changes); None outside a checkout."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=source, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

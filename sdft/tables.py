@@ -1,0 +1,54 @@
+"""Rich tables for what the commands print. Every table says which world its numbers come from."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from sdft.tasks.spec import TaskSpec
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def eval_table(results: dict) -> Table:
+    title = f"sdft eval: {results['model']} ({results['prompt']} prompt, {results['split']} split, world: {results['world']})"
+    table = Table(title=title)
+    for column in ("task", "accuracy", "unseen", "n", "hit cap"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task, s in results["scores"].items():
+        table.add_row(task, _fmt(s["accuracy"]), _fmt(s["unseen_accuracy"]), str(s["n"]), str(s["hit_cap"]))
+    _add_general(table, results["general"], columns=5)
+    return table
+
+
+def check_table(results: dict) -> Table:
+    title = f"sdft check: {results['model']} ({results['split']} split, world: {results['world']})"
+    table = Table(title=title)
+    for column in ("task", "student", "teacher", "unseen student", "unseen teacher", "n"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task, s in results["scores"].items():
+        table.add_row(task, _fmt(s["student"]), _fmt(s["teacher"]), _fmt(s["unseen_student"]),
+                      _fmt(s["unseen_teacher"]), str(s["n"]))
+    _add_general(table, results["general"], columns=6)
+    return table
+
+
+def _add_general(table: Table, general: dict, columns: int) -> None:
+    skills = {k: v for k, v in general.items() if k != "mean"}
+    if not skills:
+        return
+    table.add_section()
+    for skill, accuracy in skills.items():
+        table.add_row(f"[dim]general:[/] {skill}", _fmt(accuracy), *[""] * (columns - 2))
+    table.add_row("[bold]general mean", _fmt(general["mean"]), *[""] * (columns - 2))
+
+
+def tasks_table(specs: list[TaskSpec]) -> Table:
+    table = Table(title="sdft tasks")
+    for column in ("task", "kind", "source", "version", "scorer", "splits"):
+        table.add_column(column)
+    for spec in specs:
+        sizes = ", ".join(f"{name} {n}" for name, n in spec.split_sizes().items())
+        table.add_row(spec.name, spec.kind, spec.source, spec.version, spec.scorer, sizes)
+    return table

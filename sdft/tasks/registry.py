@@ -1,0 +1,53 @@
+"""The task registry: a plain dict from name to a loader. Built-in tasks come from the embedded world;
+custom tasks come from YAML files named in the config's `custom_tasks`."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Iterable
+
+from sdft.errors import UserError
+from sdft.suggest import did_you_mean
+from sdft.tasks.custom import load_custom_task, read_custom_task_file
+from sdft.tasks.spec import TaskSpec
+
+TaskLoader = Callable[[], TaskSpec]
+
+
+def builtin_tasks() -> dict[str, TaskLoader]:
+    from sdft.tasks import embedded
+
+    names = (*embedded.TASKS, *embedded.PRIOR_SKILLS)
+    return {name: partial(embedded.load_embedded_task, name) for name in names}
+
+
+def embedded_prior_skills() -> list[str]:
+    from sdft.tasks import embedded
+
+    return list(embedded.PRIOR_SKILLS)
+
+
+def task_registry(custom_files: Iterable[str] = ()) -> dict[str, TaskLoader]:
+    """Every task name this config can use. A custom task may not shadow a built-in one."""
+    registry = builtin_tasks()
+    for path in custom_files:
+        name = read_custom_task_file(path).name
+        if name in registry:
+            raise UserError(f"{path}: task name '{name}' is already taken; rename the custom task")
+        registry[name] = partial(load_custom_task, path)
+    return registry
+
+
+def require_known(names: Iterable[str], registry: dict[str, TaskLoader]) -> None:
+    """Fail on the first unknown name, with a did-you-mean, before anything is loaded."""
+    for name in names:
+        if name not in registry:
+            hint = did_you_mean(name, registry)
+            raise UserError(f"unknown task '{name}'{hint}; `sdft tasks` lists the known ones")
+
+
+def load_tasks(names: Iterable[str], registry: dict[str, TaskLoader]) -> list[TaskSpec]:
+    """Load several tasks, checking every name before loading any."""
+    names = list(names)
+    require_known(names, registry)
+    return [registry[name]() for name in names]
