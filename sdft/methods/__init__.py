@@ -1,0 +1,1 @@
+"""Training methods (SFT, DFT, SDFT) and the pieces they share: losses, teacher handles, rollouts."""
