@@ -82,9 +82,15 @@ def train(
     output: OutputOption = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
 ) -> None:
-    """Learn one task from demonstrations with the config's method (sdft, sft, dft)."""
-    _config(config, set_)
-    _not_built("`sdft train`")
+    """Learn one task from demonstrations with the config's method (sdft, sft, dft), evaluating before and after."""
+    from sdft.tables import train_table
+    from sdft.train_run import run_train
+
+    cfg = _config(config, set_)
+    results, run_dir = run_train(cfg, output, resume=resume)
+    if results["after"] is not None:
+        console.print(train_table(results))
+    console.print(f"run folder: {run_dir}")
 
 
 @app.command("eval")

@@ -16,6 +16,7 @@ import yaml
 
 from sdft.config_loading import apply_override, from_mapping
 from sdft.errors import UserError
+from sdft.methods.losses import LossConfig  # the loss owns its knobs; it is a leaf module
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_TASKS = ["science", "tools", "medical"]
@@ -95,26 +96,57 @@ class CheckConfig:
 
 @dataclass
 class TrainConfig:
-    """One training stage: learn `task` with `method` (the trainers read these)."""
+    """One training stage: learn `task` with `method`. Defaults suit the embedded world on a CPU;
+    configs/paper/*.yaml hold the published settings."""
 
     method: Literal["sdft", "sft", "dft"] = "sdft"
+    """sdft: on-policy self-distillation; sft: next-token loss on the demonstration; dft: SFT with each
+    token's loss weighted by its detached probability (Dynamic Fine-Tuning)."""
+    engine: Literal["native", "trl"] = "native"
+    """native: sdft's own trainer; trl: TRL's experimental SDFTTrainer (the reference, method sdft only)."""
     task: str = "science"
-    learning_rate: float = 1e-4
+    split: str = "train"
+    max_rows: int | None = None
+    """Train on the first N rows of the split only (None = all)."""
     steps: int = 150
     """Optimizer steps."""
     batch_size: int = 16
-    """Prompts per optimizer step (across gradient accumulation)."""
+    """Prompts per optimizer step, across gradient accumulation and processes."""
     gradient_accumulation: int = 1
+    learning_rate: float = 1e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 10
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     teacher: Literal["frozen", "ema", "live"] = "frozen"
-    """frozen: the weights at stage start; ema: the published recipe; live: the student itself (diverges)."""
+    """frozen: the weights at stage start (in memory); ema: the published recipe; live: the student itself,
+    which the paper saw diverge."""
     ema_rate: float = 0.01
-    """phi <- rate * theta + (1 - rate) * phi after every optimizer step (teacher: ema)."""
+    """phi <- rate * theta + (1 - rate) * phi after every optimizer step (teacher: ema), held in fp32."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """The per-token divergence (sdft/methods/losses.py documents every field)."""
     rollout_temperature: float = 1.0
+    rollout_top_p: float = 1.0
+    max_prompt_tokens: int = 512
+    """Cap on the student prompt (chat template included)."""
+    max_teacher_prompt_tokens: int = 1024
+    """Cap on the teacher prompt (question + demonstration + template)."""
+    max_completion_tokens: int = 160
+    """Cap on a sampled completion (and on an SFT demonstration)."""
+    overlong_prompts: Literal["error", "skip"] = "error"
+    """A prompt over its cap: stop with the row named, or skip the row (counted and logged). Never truncated."""
+    capped_completions_in_loss: bool = True
+    """Whether completions that hit max_completion_tokens count in the loss (their share is logged either way)."""
     checkpoint_every: int = 50
+    """Save a resumable checkpoint every N optimizer steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep on disk."""
     log_every: int = 10
+    sample_count: int = 4
+    """Sample completions written to samples.jsonl per logging window."""
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    evaluate: bool = True
+    """Evaluate the trained task and the general suite before and after training."""
 
 
 @dataclass
@@ -151,6 +183,10 @@ def _validate(cfg: Config) -> None:
         (cfg.train.teacher == "ema" and not 0 < cfg.train.ema_rate <= 1, "train.ema_rate must be in (0, 1] when train.teacher is 'ema'"),
         (cfg.train.batch_size % cfg.train.gradient_accumulation != 0, "train.batch_size must be divisible by train.gradient_accumulation"),
         (cfg.train.steps < 1 or cfg.train.learning_rate <= 0, "train.steps and train.learning_rate must be positive"),
+        (cfg.train.engine == "trl" and cfg.train.method != "sdft", "train.engine 'trl' runs TRL's SDFT trainer: it needs train.method 'sdft'"),
+        (cfg.train.rollout_temperature <= 0, "train.rollout_temperature must be > 0: SDFT samples its rollouts"),
+        (cfg.train.max_rows is not None and cfg.train.max_rows < 1, "train.max_rows must be >= 1 or null"),
+        (min(cfg.train.checkpoint_every, cfg.train.log_every, cfg.train.keep_checkpoints) < 1, "train.checkpoint_every, log_every and keep_checkpoints must be >= 1"),
         (cfg.lora.enabled and cfg.lora.r < 1, "lora.r must be >= 1"),
         (not cfg.tasks, "tasks must name at least one task"),
         (len(set(cfg.tasks)) != len(cfg.tasks), f"tasks lists a task twice: {cfg.tasks}"),
@@ -168,7 +204,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data, source = _read_yaml(Path(path)), str(path)
     cfg = from_mapping(Config, data, source)
     for override in overrides or []:
-        apply_override(cfg, override)
+        cfg = apply_override(cfg, override)
     return cfg.validate()
 
 

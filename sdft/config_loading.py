@@ -26,7 +26,7 @@ def from_mapping(cls: type, data: dict[str, Any], source: str, prefix: str = "")
             hint = did_you_mean(dotted, [prefix + name for name in names])
             raise UserError(f"{source}: unknown key '{dotted}'{hint}")
     values = {key: _convert(hints[key], value, source, prefix + key) for key, value in data.items()}
-    return cls(**values)
+    return _build(cls, source, prefix, **values)
 
 
 def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
@@ -92,20 +92,33 @@ def _float_or_none(text: str) -> float | None:
         return None
 
 
-def apply_override(cfg: Any, override: str) -> None:
-    """Apply one `a.b.c=value` override in place; the value is parsed as YAML ('1e-5', 'true', '[a, b]')."""
+def apply_override(cfg: Any, override: str) -> Any:
+    """The config with one `a.b.c=value` override applied; the value is parsed as YAML ('1e-5', 'true',
+    '[a, b]'). Sections are rebuilt with dataclasses.replace, so frozen sections validate the new value."""
     source = f"override '{override}'"
     if "=" not in override:
         raise UserError(f"{source}: expected KEY=VALUE, e.g. train.learning_rate=1e-5")
     dotted, raw = override.split("=", 1)
-    *parents, leaf = dotted.strip().split(".")
-    target, prefix = cfg, ""
-    for part in parents:
-        _check_field(target, part, source, prefix)
-        target, prefix = getattr(target, part), prefix + part + "."
-    _check_field(target, leaf, source, prefix)
-    hint = get_type_hints(type(target))[leaf]
-    setattr(target, leaf, _convert(hint, _parse_value(raw, source), source, prefix + leaf))
+    return _with_value(cfg, dotted.strip().split("."), _parse_value(raw, source), source, "")
+
+
+def _with_value(obj: Any, path: list[str], value: Any, source: str, prefix: str) -> Any:
+    name, rest = path[0], path[1:]
+    _check_field(obj, name, source, prefix)
+    if rest:
+        new = _with_value(getattr(obj, name), rest, value, source, prefix + name + ".")
+    else:
+        new = _convert(get_type_hints(type(obj))[name], value, source, prefix + name)
+    return _build(dataclasses.replace, source, prefix, obj, **{name: new})
+
+
+def _build(factory: Any, source: str, prefix: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a dataclass constructor; a section's own validation error gets the file and key prefixed."""
+    try:
+        return factory(*args, **kwargs)
+    except UserError as err:
+        where = f" ({prefix.rstrip('.')})" if prefix else ""
+        raise UserError(f"{source}{where}: {err}") from err
 
 
 def _check_field(obj: Any, name: str, source: str, prefix: str) -> None:

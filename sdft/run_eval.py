@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdft.config import EMBEDDED_MODEL, Config
+from sdft.config import EMBEDDED_MODEL, Config, EvalConfig
 from sdft.console import progress_bar
 from sdft.evaluate import TaskEval, evaluate_task, general_summary
 from sdft.models import LoadedModel, load_model
@@ -28,10 +28,22 @@ class EvalPlan:
 def plan_evaluation(cfg: Config, command: str, output: str | Path | None, tasks: list[str] | None) -> EvalPlan:
     registry = task_registry(cfg.custom_tasks)
     task_names = tasks or cfg.eval.tasks or cfg.tasks
-    general_names = embedded_prior_skills() if cfg.eval.general is None else cfg.eval.general
+    general_names = general_suite(cfg)
     require_known([*task_names, *general_names], registry)
     specs, general = load_tasks(task_names, registry), load_tasks(general_names, registry)
     return EvalPlan(cfg, specs, general, new_run_dir(output, command, cfg))
+
+
+def general_suite(cfg: Config) -> list[str]:
+    """The general-capability suite's task names: eval.general, or the embedded prior skills."""
+    return embedded_prior_skills() if cfg.eval.general is None else list(cfg.eval.general)
+
+
+def score_model(loaded: LoadedModel, ecfg: EvalConfig, tasks: list[TaskSpec], general: list[TaskSpec]) -> dict:
+    """{"scores": {task: summary}, "general": {"mean": .., skill: ..}} with plain prompts."""
+    evals = evaluate_many(loaded, ecfg, [(t, False) for t in tasks] + [(g, False) for g in general])
+    return {"scores": {e.task: e.summary() for e in evals[: len(tasks)]},
+            "general": general_summary(evals[len(tasks) :])}
 
 
 def world_of(model_name: str, tasks: list[TaskSpec]) -> str:
@@ -40,9 +52,9 @@ def world_of(model_name: str, tasks: list[TaskSpec]) -> str:
     return "embedded" if embedded else "custom"
 
 
-def evaluate_many(loaded: LoadedModel, plan: EvalPlan, jobs: list[tuple[TaskSpec, bool]]) -> list[TaskEval]:
+def evaluate_many(loaded: LoadedModel, ecfg: EvalConfig, jobs: list[tuple[TaskSpec, bool]]) -> list[TaskEval]:
     """Evaluate (task, teacher?) pairs under one progress bar."""
-    ecfg = plan.cfg.eval
+    loaded.model.eval()
     total = sum(len(t.split(ecfg.split)[: ecfg.limit] if ecfg.limit else t.split(ecfg.split)) for t, _ in jobs)
     results = []
     with progress_bar() as progress:
@@ -58,7 +70,7 @@ def run_eval(plan: EvalPlan, teacher: bool = False) -> dict:
     """Scores of the config's model on the plan's tasks (plain or teacher prompt) and the general suite."""
     loaded = _load(plan, "eval")
     jobs = [(t, teacher) for t in plan.tasks] + [(g, False) for g in plan.general]
-    evals = evaluate_many(loaded, plan, jobs)
+    evals = evaluate_many(loaded, plan.cfg.eval, jobs)
     task_evals, general_evals = evals[: len(plan.tasks)], evals[len(plan.tasks) :]
     results = {
         "model": plan.cfg.model.name_or_path,
@@ -76,7 +88,7 @@ def run_check(plan: EvalPlan) -> dict:
     """Student (plain prompt) against teacher (prompt + demonstration) on every task, and a verdict."""
     loaded = _load(plan, "check")
     jobs = [(t, teacher) for t in plan.tasks for teacher in (False, True)] + [(g, False) for g in plan.general]
-    evals = evaluate_many(loaded, plan, jobs)
+    evals = evaluate_many(loaded, plan.cfg.eval, jobs)
     pairs = [evals[2 * i : 2 * i + 2] for i in range(len(plan.tasks))]
     general_evals = evals[2 * len(plan.tasks) :]
     scores = {student.task: _check_scores(student, teacher) for student, teacher in pairs}

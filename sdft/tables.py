@@ -52,3 +52,21 @@ def tasks_table(specs: list[TaskSpec]) -> Table:
         sizes = ", ".join(f"{name} {n}" for name, n in spec.split_sizes().items())
         table.add_row(spec.name, spec.kind, spec.source, spec.version, spec.scorer, sizes)
     return table
+
+
+def train_table(results: dict) -> Table:
+    teacher = f", teacher {results['teacher']}" if results["teacher"] else ""
+    title = f"sdft train: {results['method']}{teacher} on {results['task']} ({results['steps']} steps, world: {results['world']})"
+    table = Table(title=title)
+    for column in ("measure", "before", "after", "delta"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    before, after = results["before"], results["after"]
+    task = results["task"]
+    rows = [(f"{task} accuracy", before["scores"][task]["accuracy"], after["scores"][task]["accuracy"]),
+            (f"{task} unseen", before["scores"][task]["unseen_accuracy"], after["scores"][task]["unseen_accuracy"])]
+    rows += [(f"general: {k}", v, after["general"][k]) for k, v in before["general"].items() if k != "mean"]
+    rows.append(("general mean", before["general"]["mean"], after["general"]["mean"]))
+    for name, b, a in rows:
+        delta = None if a is None or b is None else a - b
+        table.add_row(name, _fmt(b), _fmt(a), "-" if delta is None else f"{delta:+.3f}")
+    return table

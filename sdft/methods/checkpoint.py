@@ -1,0 +1,75 @@
+"""Resumable checkpoints: student (trainable weights), teacher state, optimizer, scheduler, data position
+and RNG states. Written to a temporary folder and renamed, so a checkpoint on disk is always whole."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdft.errors import UserError
+
+PREFIX = "step-"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(root: Path, step: int, model, teacher_state: dict, trainer_state: dict, keep: int) -> Path:
+    """checkpoints/step-000050/{student,teacher}.safetensors + trainer.pt; keeps the newest `keep`."""
+    final = Path(root) / f"{PREFIX}{step:06d}"
+    tmp = Path(root) / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / "student.safetensors"))
+    save_file({k: v.detach().contiguous() for k, v in teacher_state.items()}, str(tmp / "teacher.safetensors"))
+    torch.save(trainer_state, tmp / "trainer.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def checkpoints(root: Path) -> list[Path]:
+    root = Path(root)
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(root: Path) -> Path:
+    found = checkpoints(root)
+    if not found:
+        raise UserError(f"nothing to resume: no checkpoint in {root}")
+    return found[-1]
+
+
+def load_checkpoint(path: Path, model) -> tuple[dict, dict]:
+    """Restore the student's trainable weights in place; return (teacher state, trainer state)."""
+    student = load_file(str(Path(path) / "student.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in student.items():
+            params[name].copy_(value)
+    teacher = load_file(str(Path(path) / "teacher.safetensors"))
+    trainer = torch.load(Path(path) / "trainer.pt", weights_only=False)  # our own file: optimizer + RNG states
+    return teacher, trainer

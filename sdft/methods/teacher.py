@@ -1,0 +1,177 @@
+"""The SDFT teacher: the model itself, conditioned on a demonstration, with one of three weight sources.
+
+| kind   | full fine-tuning                                   | LoRA                                              |
+|--------|----------------------------------------------------|---------------------------------------------------|
+| frozen | a second copy of the stage-start weights (memory)  | the adapter disabled: no second copy              |
+| ema    | fp32 shadow weights + a copy of the model to run   | fp32 shadow of the adapter's effective update     |
+|        | them (phi <- a*theta + (1-a)*phi every step)       | (scale * B @ A), added to the base layers by hooks |
+| live   | the student itself, no gradient (the paper saw it diverge)                                             |
+
+Every teacher is built from the in-memory model at stage start, never re-read from disk, and its state is
+part of a checkpoint, so resuming restores it exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from sdft.console import err_console
+from sdft.errors import UserError
+from sdft.methods.rollout import Rollout, completion_logits
+
+
+class Teacher:
+    """Base: the live student. Subclasses change which weights run the forward pass."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.student = model
+
+    def _weights(self) -> contextlib.AbstractContextManager:
+        """A context in which `self._model()` computes with the teacher's weights."""
+        return contextlib.nullcontext()
+
+    def _model(self) -> torch.nn.Module:
+        return self.student
+
+    @torch.no_grad()
+    def logits(self, prompt_ids: Tensor, prompt_mask: Tensor, rollout: Rollout) -> Tensor:
+        with self._weights():
+            return completion_logits(self._model(), prompt_ids, prompt_mask, rollout)
+
+    def update(self) -> None:
+        """Called after every optimizer step."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        pass
+
+
+class FrozenCopyTeacher(Teacher):
+    """Full fine-tuning, frozen: a deep copy of the weights at stage start (costs one model of memory)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__(model)
+        self.copy = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _model(self) -> torch.nn.Module:
+        return self.copy
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {name: p for name, p in self.copy.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        _copy_into(self.copy, state)
+
+
+class FrozenAdapterTeacher(Teacher):
+    """LoRA, frozen: the base weights are the stage-start weights, so disabling the adapter is the teacher."""
+
+    def _weights(self) -> contextlib.AbstractContextManager:
+        return self.student.disable_adapter()
+
+
+class EmaCopyTeacher(FrozenCopyTeacher):
+    """Full fine-tuning, EMA: fp32 shadow weights updated after every step, cast into a runnable copy.
+    The shadow is fp32 whatever the model dtype: in bf16 an update of rate 0.01 would round away."""
+
+    def __init__(self, model: torch.nn.Module, rate: float):
+        super().__init__(model)
+        self.rate = rate
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        current = dict(self.student.named_parameters())
+        for name, shadow in self.shadow.items():
+            shadow.mul_(1.0 - self.rate).add_(current[name].detach().float(), alpha=self.rate)
+        _copy_into(self.copy, self.shadow)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, shadow in self.shadow.items():
+            shadow.copy_(state[name])
+        _copy_into(self.copy, self.shadow)
+
+
+class EmaAdapterTeacher(Teacher):
+    """LoRA, EMA: an fp32 shadow of each adapted layer's effective update scale * B @ A (an EMA of the
+    product, which no fixed-rank adapter can hold). The teacher runs the base weights with the adapter
+    disabled and each base layer's output plus x @ shadow^T. Memory: one fp32 matrix per adapted layer."""
+
+    def __init__(self, model: torch.nn.Module, rate: float):
+        super().__init__(model)
+        self.rate = rate
+        self.layers = _lora_layers(model)
+        self.shadow = {name: _effective_update(layer).clone() for name, layer in self.layers.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, layer in self.layers.items():
+            self.shadow[name].mul_(1.0 - self.rate).add_(_effective_update(layer), alpha=self.rate)
+
+    @contextlib.contextmanager
+    def _weights(self):
+        hooks = [layer.base_layer.register_forward_hook(_add_update(self.shadow[name]))
+                 for name, layer in self.layers.items()]
+        try:
+            with self.student.disable_adapter():
+                yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, shadow in self.shadow.items():
+            shadow.copy_(state[name])
+
+
+def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    for name, layer in layers.items():
+        if not isinstance(layer.base_layer, torch.nn.Linear):
+            raise UserError(f"the EMA adapter teacher supports LoRA on Linear layers only; '{name}' is {type(layer.base_layer).__name__}")
+    return layers
+
+
+def _effective_update(layer) -> Tensor:
+    adapter = layer.active_adapters[0]
+    a, b = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
+    return (b @ a) * layer.scaling[adapter]
+
+
+def _add_update(update: Tensor) -> Callable:
+    def hook(module, inputs, output):
+        return output + torch.nn.functional.linear(inputs[0].to(update.dtype), update).to(output.dtype)
+
+    return hook
+
+
+def _copy_into(model: torch.nn.Module, weights: dict[str, Tensor]) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in weights:
+                param.copy_(weights[name])
+
+
+def build_teacher(model: torch.nn.Module, kind: str, ema_rate: float, lora: bool) -> Teacher:
+    """The teacher for this stage, taken from the in-memory model as it is now (the stage start)."""
+    if kind == "live":
+        err_console.print("[yellow]warning: train.teacher=live distils the student into itself; the SDFT paper saw this diverge[/]")
+        return Teacher(model)
+    if kind == "frozen":
+        return FrozenAdapterTeacher(model) if lora else FrozenCopyTeacher(model)
+    return EmaAdapterTeacher(model, ema_rate) if lora else EmaCopyTeacher(model, ema_rate)

@@ -1,0 +1,75 @@
+"""`sdft train`: one stage. Evaluate the base model, train with the config's method, evaluate again, and
+write results.json {"task", "method", "before", "after", ...} into the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from sdft.config import Config
+from sdft.errors import UserError
+from sdft.methods.harness import StageResult
+from sdft.methods.stage import Stage, add_lora
+from sdft.models import load_model
+from sdft.run_eval import general_suite, score_model, world_of
+from sdft.runs import atomic_write_json, new_run_dir, read_json, write_run_header
+from sdft.tasks.registry import load_tasks, require_known, task_registry
+
+BEFORE_FILE = "eval_before.json"
+
+
+def _trainer(cfg: Config) -> Callable[[Stage], StageResult]:
+    """The training function for (engine, method); imported lazily (TRL is slow to import)."""
+    if cfg.train.engine == "trl":
+        from sdft.methods.trl_engine import train_trl_sdft
+
+        return train_trl_sdft
+    if cfg.train.method == "sdft":
+        from sdft.methods.sdft import train_sdft
+
+        return train_sdft
+    from sdft.methods.sft import train_sft
+
+    return train_sft
+
+
+def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> tuple[dict, Path]:
+    registry = task_registry(cfg.custom_tasks)
+    general_names = general_suite(cfg) if cfg.train.evaluate else []
+    require_known([cfg.train.task, *general_names], registry)
+    if resume and output is None:
+        raise UserError("--resume needs --output: the run folder to continue")
+    run_dir = new_run_dir(output, "train", cfg)
+    (task,), general = load_tasks([cfg.train.task], registry), load_tasks(general_names, registry)
+    loaded = load_model(cfg.model)
+    write_run_header(run_dir, cfg, "train", str(loaded.device))
+    before = _before(loaded, cfg, task, general, run_dir) if cfg.train.evaluate else None
+    if cfg.lora.enabled:
+        loaded.model = add_lora(loaded.model, cfg.lora)
+    result = _trainer(cfg)(Stage(cfg, loaded, task, run_dir, resume))
+    after = score_model(loaded, cfg.eval, [task], general) if cfg.train.evaluate else None
+    results = {
+        "task": task.name,
+        "task_version": task.version,
+        "method": cfg.train.method,
+        "engine": cfg.train.engine,
+        "teacher": cfg.train.teacher if cfg.train.method == "sdft" else None,
+        "model": cfg.model.name_or_path,
+        "world": world_of(cfg.model.name_or_path, [task, *general]),
+        "steps": result.steps,
+        "final_metrics": result.metrics,
+        "before": before,
+        "after": after,
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    return results, run_dir
+
+
+def _before(loaded, cfg: Config, task, general, run_dir: Path) -> dict:
+    """The base model's scores; kept in the run folder so a resumed run does not re-evaluate it."""
+    path = run_dir / BEFORE_FILE
+    if path.is_file():
+        return read_json(path)
+    scores = score_model(loaded, cfg.eval, [task], general)
+    atomic_write_json(path, scores)
+    return scores

@@ -1,0 +1,244 @@
+"""The SDFT trainer on a random tiny model: logits alignment, teachers, every parameter moves, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from conftest import qa_records
+from sdft.config import ModelConfig, load_config
+from sdft.errors import UserError
+from sdft.methods import sdft as sdft_method
+from sdft.methods.rollout import completion_from_tokens, completion_logits, left_pad, prepare_rows
+from sdft.methods.stage import Stage, add_lora
+from sdft.methods.teacher import EmaAdapterTeacher, EmaCopyTeacher, FrozenAdapterTeacher, FrozenCopyTeacher
+from sdft.models import load_model
+from sdft.tasks.loading import rows_from_records
+from sdft.tasks.spec import TaskSpec
+
+FIELDS = {"prompt": "question", "demonstration": "response", "answer": "label"}
+
+
+@pytest.fixture
+def task() -> TaskSpec:
+    rows = rows_from_records(qa_records(12), FIELDS, "fixture")
+    return TaskSpec("doubling", "1", "fixture", "normalized", {"train": rows, "test": rows[:4]})
+
+
+def make_stage(tiny_model_dir, task, run_dir, *overrides, lora=False, dtype="float32", resume=False):
+    cfg = load_config(None, [
+        f"model.name_or_path={tiny_model_dir}", f"model.dtype={dtype}", "tasks=[doubling]",
+        "train.task=doubling", "train.steps=4", "train.batch_size=4", "train.gradient_accumulation=2",
+        "train.max_completion_tokens=10", "train.learning_rate=1e-2", "train.warmup_steps=0",
+        "train.checkpoint_every=2", "train.log_every=1", f"lora.enabled={str(lora).lower()}",
+        "lora.r=4", "lora.target_modules=[q_proj, v_proj]", *overrides,
+    ])
+    loaded = load_model(cfg.model)
+    if lora:
+        loaded.model = add_lora(loaded.model, cfg.lora)
+    return Stage(cfg, loaded, task, run_dir, resume)
+
+
+def test_left_padded_completion_logits_equal_unpadded(tiny_model_dir):
+    loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
+    model, pad = loaded.model, loaded.tokenizer.pad_token_id
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    completion = completion_from_tokens(torch.tensor([[20, 21, 1, 0], [22, 23, 24, 25]]), eos_id=1, pad_id=pad)
+    assert completion.mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]] and completion.hit_cap.tolist() == [False, True]
+    ids, mask = left_pad(prompts, pad, torch.device("cpu"))
+    with torch.no_grad():
+        batched = completion_logits(model, ids, mask, completion)
+        for i, prompt in enumerate(prompts):
+            length = int(completion.mask[i].sum())
+            alone = model(torch.tensor([prompt + completion.ids[i, :length].tolist()])).logits[0]
+            expected = alone[len(prompt) - 1 : len(prompt) - 1 + length]
+            torch.testing.assert_close(batched[i, :length], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_overlong_prompt_names_the_row_or_is_skipped(tiny_model_dir, task, tmp_path):
+    stage = make_stage(tiny_model_dir, task, tmp_path, "train.max_teacher_prompt_tokens=162")
+    with pytest.raises(UserError, match=r"task 'doubling' split 'train' row \d+: the teacher prompt has \d+ tokens"):
+        prepare_rows(task.split("train"), task, stage.loaded.tokenizer, stage.cfg.train)
+    skipping = make_stage(tiny_model_dir, task, tmp_path, "train.max_teacher_prompt_tokens=162", "train.overlong_prompts=skip")
+    kept = prepare_rows(task.split("train"), task, skipping.loaded.tokenizer, skipping.cfg.train)
+    assert 0 < len(kept) < len(task.split("train"))
+    assert all(len(r.teacher_ids) <= 162 for r in kept)
+
+
+def test_one_step_changes_every_trainable_parameter(tiny_model_dir, task, tmp_path):
+    stage = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.ema_rate=0.5")
+    trainer = sdft_method.build_trainer(stage)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    metrics, samples = sdft_method.train_step(trainer)
+    unchanged = [n for n, p in trainer.model.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []
+    assert metrics["loss"] > 0 and metrics["num_tokens"] > 0 and len(samples) == 4
+
+
+def test_lora_keeps_base_weights_and_makes_no_second_copy(tiny_model_dir, task, tmp_path):
+    stage = make_stage(tiny_model_dir, task, tmp_path, lora=True)
+    trainer = sdft_method.build_trainer(stage)
+    assert isinstance(trainer.teacher, FrozenAdapterTeacher)
+    assert not any(isinstance(v, torch.nn.Module) and v is not trainer.model for v in vars(trainer.teacher).values())
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    sdft_method.train_step(trainer)  # LoRA's B starts at 0, so A's first gradient is 0: two steps move both
+    sdft_method.train_step(trainer)
+    params = dict(trainer.model.named_parameters())
+    assert all(torch.equal(params[n], v) for n, v in frozen.items())
+    assert all(not torch.equal(params[n], v) for n, v in trainable.items())
+
+
+def closed_form_ema(history: list[dict], rate: float) -> dict:
+    """phi_0 = theta_0; phi_k = rate * theta_k + (1 - rate) * phi_{k-1}, in float64."""
+    phi = {n: t.double() for n, t in history[0].items()}
+    for theta in history[1:]:
+        phi = {n: rate * theta[n].double() + (1 - rate) * phi[n] for n in phi}
+    return phi
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ema_teacher_equals_closed_form_history(tiny_model_dir, task, tmp_path, dtype):
+    stage = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.ema_rate=0.3", dtype=dtype)
+    trainer = sdft_method.build_trainer(stage)
+    assert isinstance(trainer.teacher, EmaCopyTeacher)
+    snapshot = lambda: {n: p.detach().float().clone() for n, p in trainer.model.named_parameters()}  # noqa: E731
+    history = [snapshot()]
+    for _ in range(3):
+        sdft_method.train_step(trainer)
+        history.append(snapshot())
+    expected = closed_form_ema(history, 0.3)
+    for name, shadow in trainer.teacher.shadow.items():
+        assert shadow.dtype == torch.float32
+        torch.testing.assert_close(shadow.double(), expected[name], atol=1e-6, rtol=1e-5)
+    # the runnable copy holds the shadow in the model's dtype
+    copy_params = dict(trainer.teacher.copy.named_parameters())
+    name = next(iter(trainer.teacher.shadow))
+    assert torch.equal(copy_params[name], trainer.teacher.shadow[name].to(copy_params[name].dtype))
+
+
+def test_ema_adapter_teacher_is_the_ema_of_the_effective_update(tiny_model_dir, task, tmp_path):
+    stage = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.ema_rate=0.4", lora=True)
+    trainer = sdft_method.build_trainer(stage)
+    assert isinstance(trainer.teacher, EmaAdapterTeacher)
+    layer_name, layer = next(iter(trainer.teacher.layers.items()))
+    adapter = layer.active_adapters[0]
+    effective = lambda: (layer.lora_B[adapter].weight @ layer.lora_A[adapter].weight * layer.scaling[adapter]).detach().clone()  # noqa: E731
+    history = [{"w": effective()}]
+    for _ in range(3):
+        sdft_method.train_step(trainer)
+        history.append({"w": effective()})
+    torch.testing.assert_close(trainer.teacher.shadow[layer_name].double(), closed_form_ema(history, 0.4)["w"], atol=1e-6, rtol=1e-5)
+    # the teacher's forward pass is base weights + shadow: compare against a merged copy
+    merged = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        for name, shadow in trainer.teacher.shadow.items():
+            merged.get_submodule(name).base_layer.weight += shadow
+    ids, mask = left_pad([[5, 6, 7]], 0, torch.device("cpu"))
+    rollout = completion_from_tokens(torch.tensor([[8, 9, 10]]), eos_id=1, pad_id=0)
+    with merged.disable_adapter(), torch.no_grad():
+        expected = completion_logits(merged, ids, mask, rollout)
+    torch.testing.assert_close(trainer.teacher.logits(ids, mask, rollout), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_teacher_is_the_in_memory_stage_start_not_the_disk(tiny_model_dir, task, tmp_path):
+    stage = make_stage(tiny_model_dir, task, tmp_path)
+    with torch.no_grad():  # an earlier stage changed the weights in memory: the files on disk are stale
+        for p in stage.loaded.model.parameters():
+            p.add_(0.01)
+    stage_start = {n: p.detach().clone() for n, p in stage.loaded.model.named_parameters()}
+    trainer = sdft_method.build_trainer(stage)
+    assert isinstance(trainer.teacher, FrozenCopyTeacher)
+    sdft_method.train_step(trainer)
+    teacher = dict(trainer.teacher.copy.named_parameters())
+    student = dict(trainer.model.named_parameters())
+    on_disk = dict(load_model(stage.cfg.model).model.named_parameters())
+    for name, value in stage_start.items():
+        assert torch.equal(teacher[name], value)
+        assert not torch.equal(student[name], value)
+        assert not torch.equal(on_disk[name], value)
+
+
+@pytest.mark.parametrize("teacher, lora", [("ema", False), ("frozen", False), ("ema", True)])
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir, task, tmp_path, monkeypatch, teacher, lora):
+    def final_state(run_dir, stop_after=None, resume=False):
+        stage = make_stage(tiny_model_dir, task, run_dir, f"train.teacher={teacher}", lora=lora, resume=resume)
+        if stop_after is not None:
+            monkeypatch.setattr(sdft_method, "_graceful_interrupt", _stop_after(stop_after))
+            with pytest.raises(KeyboardInterrupt):
+                sdft_method.train_sdft(stage)
+            monkeypatch.undo()
+            return None
+        sdft_method.train_sdft(stage)
+        trainer_teacher = sdft_method.build_trainer(Stage(stage.cfg, stage.loaded, task, run_dir, resume=True)).teacher
+        return ({n: p.detach().clone() for n, p in stage.loaded.model.named_parameters()},
+                {k: v.clone() for k, v in trainer_teacher.state_dict().items()})
+
+    uninterrupted = final_state(tmp_path / "a")
+    final_state(tmp_path / "b", stop_after=3)  # Ctrl-C after step 3: checkpoint at step 3, not at 2 or 4
+    resumed = final_state(tmp_path / "b", resume=True)
+    for expected, got in zip(uninterrupted, resumed):
+        assert expected.keys() == got.keys() and expected
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0)
+    steps = [line for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 4
+
+
+def test_resume_after_a_crash_mid_run_equals_an_uninterrupted_run(tiny_model_dir, task, tmp_path, monkeypatch):
+    def run(run_dir, resume=False):
+        stage = make_stage(tiny_model_dir, task, run_dir, "train.teacher=ema", resume=resume)
+        sdft_method.train_sdft(stage)
+        return {n: p.detach().clone() for n, p in stage.loaded.model.named_parameters()}
+
+    expected = run(tmp_path / "a")
+    real_step, calls = sdft_method.train_step, {"n": 0}
+
+    def crashing_step(trainer):
+        calls["n"] += 1
+        if calls["n"] == 4:  # dies inside step 4: the newest checkpoint is step 2's
+            raise RuntimeError("killed")
+        return real_step(trainer)
+
+    monkeypatch.setattr(sdft_method, "train_step", crashing_step)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "b")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step-000002"]
+    got = run(tmp_path / "b", resume=True)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0)
+    metrics = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3, 4]
+
+
+def _stop_after(n_steps):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def fake_interrupt():
+        calls = {"n": 0}
+
+        def stop():
+            calls["n"] += 1
+            return calls["n"] > n_steps
+
+        yield stop
+
+    return fake_interrupt
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_model_dir, task, tmp_path, monkeypatch):
+    stage = make_stage(tiny_model_dir, task, tmp_path)
+    real = sdft_method.distillation_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(sdft_method, "distillation_loss", nan_loss)
+    with pytest.raises(UserError, match=r"the loss became nan at step 1; no checkpoint was saved yet"):
+        sdft_method.train_sdft(stage)
