@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -11,6 +12,10 @@ import typer
 from sdft.config import Config, load_config
 from sdft.console import console, err_console
 from sdft.errors import UserError
+
+# Our own progress bars say what is happening; the libraries' per-file bars only add noise.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
     help="Continual fine-tuning experiments: SDFT against SFT and friends, with forgetting measured.\n\n"

@@ -36,6 +36,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def process_state(cfg: ModelConfig):
+    """This process's place in an `accelerate launch` job (one process otherwise)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=resolve_device(cfg.device).type == "cpu")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """'embedded' -> the shipped model; a run folder -> its model/; a local folder -> itself; else a hub id."""
     if name_or_path == EMBEDDED_MODEL:

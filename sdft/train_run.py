@@ -10,7 +10,7 @@ from sdft.config import Config
 from sdft.errors import UserError
 from sdft.methods.harness import StageResult
 from sdft.methods.stage import Stage, add_lora
-from sdft.models import load_model
+from sdft.models import load_model, process_state
 from sdft.run_eval import general_suite, score_model, world_of
 from sdft.runs import atomic_write_json, new_run_dir, read_json, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
@@ -34,20 +34,25 @@ def _trainer(cfg: Config) -> Callable[[Stage], StageResult]:
 
 
 def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> tuple[dict, Path]:
+    """Under `accelerate launch` every process trains; only the main one evaluates and writes results."""
+    processes = process_state(cfg.model)
+    main = processes.is_main_process
     registry = task_registry(cfg.custom_tasks)
     general_names = general_suite(cfg) if cfg.train.evaluate else []
     require_known([cfg.train.task, *general_names], registry)
-    if resume and output is None:
-        raise UserError("--resume needs --output: the run folder to continue")
+    if output is None and (resume or processes.num_processes > 1):
+        raise UserError("--resume and `accelerate launch` need --output: the one run folder every process uses")
     run_dir = new_run_dir(output, "train", cfg)
     (task,), general = load_tasks([cfg.train.task], registry), load_tasks(general_names, registry)
     loaded = load_model(cfg.model)
-    write_run_header(run_dir, cfg, "train", str(loaded.device))
-    before = _before(loaded, cfg, task, general, run_dir) if cfg.train.evaluate else None
+    evaluate = cfg.train.evaluate and main
+    if main:
+        write_run_header(run_dir, cfg, "train", str(loaded.device))
+    before = _before(loaded, cfg, task, general, run_dir) if evaluate else None
     if cfg.lora.enabled:
         loaded.model = add_lora(loaded.model, cfg.lora)
     result = _trainer(cfg)(Stage(cfg, loaded, task, run_dir, resume))
-    after = score_model(loaded, cfg.eval, [task], general) if cfg.train.evaluate else None
+    after = score_model(loaded, cfg.eval, [task], general) if evaluate else None
     results = {
         "task": task.name,
         "task_version": task.version,
@@ -61,7 +66,8 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
         "before": before,
         "after": after,
     }
-    atomic_write_json(run_dir / "results.json", results)
+    if main:
+        atomic_write_json(run_dir / "results.json", results)
     return results, run_dir
 
 

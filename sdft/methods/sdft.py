@@ -4,6 +4,7 @@ toward the teacher's next-token distributions (sdft/methods/losses.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -11,6 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from sdft.config import TrainConfig
 from sdft.console import err_console, progress_bar
@@ -25,10 +29,16 @@ from sdft.methods.teacher import Teacher, build_teacher
 
 @dataclass
 class Trainer:
-    """The state of an SDFT stage: everything a checkpoint holds, plus the run's handles."""
+    """The state of an SDFT stage: everything a checkpoint holds, plus the run's handles.
+
+    Under `accelerate launch` (DDP) every process draws the same global batch from the stream and keeps
+    its share; `wrapped` is the DDP-wrapped student (its backward averages gradients across processes),
+    `model` the plain module used for sampling, the teacher and saving."""
 
     stage: Stage
+    accelerator: Accelerator
     model: torch.nn.Module
+    wrapped: torch.nn.Module
     tokenizer: object
     teacher: Teacher
     optimizer: torch.optim.Optimizer
@@ -43,49 +53,69 @@ class Trainer:
 
 def train_sdft(stage: Stage) -> StageResult:
     trainer = build_trainer(stage)
-    log = MetricsLog(stage.run_dir, trainer.step if stage.resume else None, trainer.cfg.report_to)
+    main = trainer.accelerator.is_main_process
+    log = MetricsLog(stage.run_dir, trainer.step if stage.resume else None, trainer.cfg.report_to) if main else None
     metrics: dict = {}
-    with progress_bar() as progress, _graceful_interrupt() as stop:
+    with progress_bar(disable=not main) as progress, _graceful_interrupt() as stop:
         bar = progress.add_task(f"sdft on {stage.task.name}", total=trainer.cfg.steps, completed=trainer.step)
         while trainer.step < trainer.cfg.steps and not stop():
             metrics, samples = train_step(trainer)
-            log.log(trainer.step, metrics)
-            if trainer.step % trainer.cfg.log_every == 0:
-                log.samples(trainer.step, samples)
+            if main:
+                log.log(trainer.step, metrics)
+                if trainer.step % trainer.cfg.log_every == 0:
+                    log.samples(trainer.step, samples)
             if trainer.step % trainer.cfg.checkpoint_every == 0:
                 save(trainer)
             progress.update(bar, advance=1, description=f"sdft on {stage.task.name} loss {metrics['loss']:.4f}")
-    save(trainer)
+    if trainer.step % trainer.cfg.checkpoint_every != 0:
+        save(trainer)
     if trainer.step < trainer.cfg.steps:
         raise KeyboardInterrupt(f"stopped at step {trainer.step}; resume with --resume")
-    return StageResult(trainer.step, metrics, save_model(trainer.model, trainer.tokenizer, stage.model_dir))
+    if main:
+        save_model(trainer.model, trainer.tokenizer, stage.model_dir)
+    trainer.accelerator.wait_for_everyone()
+    return StageResult(trainer.step, metrics, stage.model_dir)
 
 
 def build_trainer(stage: Stage) -> Trainer:
     """Fresh state at stage start, or the newest checkpoint's state when resuming."""
     cfg, loaded = stage.cfg, stage.loaded
-    torch.manual_seed(cfg.seed)
+    accelerator = Accelerator(cpu=loaded.device.type == "cpu")
+    _check_batch_split(cfg.train, accelerator.num_processes)
+    torch.manual_seed(cfg.seed + accelerator.process_index)
     rows = prepare_rows(stage.train_rows(), stage.task, loaded.tokenizer, cfg.train)
-    model = loaded.model.train()
+    loaded.device = accelerator.device
+    model = loaded.model.to(accelerator.device).train()
     teacher = build_teacher(model, cfg.train.teacher, cfg.train.ema_rate, lora=cfg.lora.enabled)
     optimizer = build_optimizer(model, cfg.train)
-    trainer = Trainer(stage, model, loaded.tokenizer, teacher, optimizer, build_scheduler(optimizer, cfg.train),
-                      PromptStream(rows, cfg.seed))
+    wrapped = accelerator.prepare_model(model)
+    trainer = Trainer(stage, accelerator, model, wrapped, loaded.tokenizer, teacher, optimizer,
+                      build_scheduler(optimizer, cfg.train), PromptStream(rows, cfg.seed))
     if stage.resume:
         _restore(trainer, ckpt.latest_checkpoint(stage.checkpoint_dir))
     return trainer
 
 
+def _check_batch_split(cfg: TrainConfig, processes: int) -> None:
+    if cfg.batch_size % (cfg.gradient_accumulation * processes) != 0:
+        raise UserError(f"train.batch_size={cfg.batch_size} must split evenly over train.gradient_accumulation="
+                        f"{cfg.gradient_accumulation} x {processes} processes")
+
+
 def save(trainer: Trainer) -> None:
-    state = {
-        "step": trainer.step,
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "stream": trainer.stream.state_dict(),
-        "rng": ckpt.rng_state(),
-    }
-    ckpt.save_checkpoint(trainer.stage.checkpoint_dir, trainer.step, trainer.model, trainer.teacher.state_dict(),
-                         state, trainer.cfg.keep_checkpoints)
+    """Every process hands its RNG state to the main one, which writes the checkpoint."""
+    rng_states = gather_object([ckpt.rng_state()]) if trainer.accelerator.num_processes > 1 else [ckpt.rng_state()]
+    if trainer.accelerator.is_main_process:
+        state = {
+            "step": trainer.step,
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "stream": trainer.stream.state_dict(),
+            "rng": rng_states,
+        }
+        ckpt.save_checkpoint(trainer.stage.checkpoint_dir, trainer.step, trainer.model, trainer.teacher.state_dict(),
+                             state, trainer.cfg.keep_checkpoints)
+    trainer.accelerator.wait_for_everyone()
 
 
 def _restore(trainer: Trainer, path) -> None:
@@ -94,7 +124,7 @@ def _restore(trainer: Trainer, path) -> None:
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.stream.load_state_dict(state["stream"])
-    ckpt.set_rng_state(state["rng"])
+    ckpt.set_rng_state(state["rng"][trainer.accelerator.process_index])
     trainer.step = state["step"]
     err_console.print(f"resumed from {path} at step {trainer.step}")
 
@@ -102,11 +132,15 @@ def _restore(trainer: Trainer, path) -> None:
 def train_step(trainer: Trainer) -> tuple[dict, list[dict]]:
     """One optimizer step over cfg.batch_size prompts, in cfg.gradient_accumulation micro-batches."""
     cfg = trainer.cfg
+    processes, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
     micro_size = cfg.batch_size // cfg.gradient_accumulation
     timings = {"generation": 0.0, "teacher_forward": 0.0, "student_forward_backward": 0.0}
     parts, samples = [], []
-    for _ in range(cfg.gradient_accumulation):
-        part, micro_samples = _micro_step(trainer, trainer.stream.next_batch(micro_size), timings)
+    for micro in range(cfg.gradient_accumulation):
+        batch = trainer.stream.next_batch(micro_size)[rank::processes]
+        last = micro == cfg.gradient_accumulation - 1
+        with contextlib.nullcontext() if last else trainer.accelerator.no_sync(trainer.wrapped):
+            part, micro_samples = _micro_step(trainer, batch, timings)
         parts.append(part)
         samples.extend(micro_samples)
     started = time.perf_counter()
@@ -118,7 +152,16 @@ def train_step(trainer: Trainer) -> tuple[dict, list[dict]]:
     trainer.teacher.update()
     timings["optimizer"] = time.perf_counter() - started
     trainer.step += 1
-    return _step_metrics(parts, timings, float(grad_norm), learning_rate), samples[: cfg.sample_count]
+    metrics = _step_metrics(parts, timings, float(grad_norm), learning_rate)
+    return _mean_over_processes(trainer.accelerator, metrics), samples[: cfg.sample_count]
+
+
+def _mean_over_processes(accelerator: Accelerator, metrics: dict) -> dict:
+    if accelerator.num_processes == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = accelerator.reduce(torch.tensor([float(metrics[k]) for k in keys], device=accelerator.device), "mean")
+    return dict(zip(keys, values.tolist()))
 
 
 def _micro_step(trainer: Trainer, batch: list[PreparedRow], timings: dict) -> tuple[dict, list[dict]]:
@@ -130,7 +173,7 @@ def _micro_step(trainer: Trainer, batch: list[PreparedRow], timings: dict) -> tu
         teacher_ids, teacher_mask = left_pad([r.teacher_ids for r in batch], pad, device)
         teacher_logits = trainer.teacher.logits(teacher_ids, teacher_mask, rollout)
     with _timed(timings, "student_forward_backward"):
-        student_logits = completion_logits(trainer.model, prompt_ids, prompt_mask, rollout)
+        student_logits = completion_logits(trainer.wrapped, prompt_ids, prompt_mask, rollout)
         loss_mask = rollout.mask if cfg.capped_completions_in_loss else rollout.mask * (~rollout.hit_cap[:, None])
         loss, stats = distillation_loss(student_logits, teacher_logits, loss_mask, cfg.loss, completion_ids=rollout.ids)
         _require_finite(loss, trainer)
