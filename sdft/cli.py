@@ -16,6 +16,8 @@ from sdft.errors import UserError
 # Our own progress bars say what is happening; the libraries' per-file bars only add noise.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# No hidden network access: the hub libraries would otherwise send usage telemetry.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 app = typer.Typer(
     help="Continual fine-tuning experiments: SDFT against SFT and friends, with forgetting measured.\n\n"
