@@ -10,7 +10,7 @@ from sdft.config import EMBEDDED_MODEL, Config, EvalConfig
 from sdft.console import progress_bar
 from sdft.evaluate import TaskEval, evaluate_task, general_summary
 from sdft.models import LoadedModel, load_model
-from sdft.runs import atomic_write_json, atomic_write_text, new_run_dir, write_run_header
+from sdft.runs import atomic_write_json, atomic_write_text, new_run_dir, read_json, write_run_header
 from sdft.tasks.registry import embedded_prior_skills, load_tasks, require_known, task_registry
 from sdft.tasks.spec import TaskSpec
 
@@ -47,9 +47,17 @@ def score_model(loaded: LoadedModel, ecfg: EvalConfig, tasks: list[TaskSpec], ge
 
 
 def world_of(model_name: str, tasks: list[TaskSpec]) -> str:
-    """'embedded' when the shipped tiny model runs the embedded tasks; otherwise 'custom'."""
-    embedded = model_name == EMBEDDED_MODEL and all(t.source == "embedded" for t in tasks)
-    return "embedded" if embedded else "custom"
+    """'embedded' when the shipped tiny model (or a run trained from it) runs the embedded tasks;
+    otherwise 'custom'."""
+    embedded_tasks = all(t.source == "embedded" for t in tasks)
+    return "embedded" if embedded_tasks and _model_world(model_name) == "embedded" else "custom"
+
+
+def _model_world(model_name: str) -> str:
+    if model_name == EMBEDDED_MODEL:
+        return "embedded"
+    results = Path(model_name) / "results.json"
+    return read_json(results).get("world", "custom") if results.is_file() else "custom"
 
 
 def evaluate_many(loaded: LoadedModel, ecfg: EvalConfig, jobs: list[tuple[TaskSpec, bool]]) -> list[TaskEval]:

@@ -35,6 +35,8 @@ def _trainer(cfg: Config) -> Callable[[Stage], StageResult]:
 
 def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> tuple[dict, Path]:
     """Under `accelerate launch` every process trains; only the main one evaluates and writes results."""
+    if cfg.model.dtype == "float16":
+        raise UserError("model.dtype float16 cannot train safely (no loss scaling here); use bfloat16 or float32")
     processes = process_state(cfg.model)
     main = processes.is_main_process
     registry = task_registry(cfg.custom_tasks)
