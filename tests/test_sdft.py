@@ -167,7 +167,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir
     def final_state(run_dir, stop_after=None, resume=False):
         stage = make_stage(tiny_model_dir, task, run_dir, f"train.teacher={teacher}", lora=lora, resume=resume)
         if stop_after is not None:
-            monkeypatch.setattr(sdft_method, "_graceful_interrupt", _stop_after(stop_after))
+            monkeypatch.setattr(sdft_method, "graceful_interrupt", _stop_after(stop_after))
             with pytest.raises(KeyboardInterrupt):
                 sdft_method.train_sdft(stage)
             monkeypatch.undo()

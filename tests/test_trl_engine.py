@@ -15,7 +15,7 @@ from conftest import qa_records
 from sdft.config import load_config
 from sdft.errors import UserError
 from sdft.methods import trl_engine
-from sdft.methods.losses import LossConfig, distillation_loss
+from sdft.methods.losses import distillation_loss
 from sdft.methods.rollout import prepare_rows
 from sdft.methods.stage import Stage, add_lora
 from sdft.models import load_model

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 
 from sdft.config import TrainConfig
+from sdft.console import err_console
 from sdft.errors import UserError
 from sdft.tasks.spec import Row
 
@@ -149,3 +152,25 @@ def save_model(model: torch.nn.Module, tokenizer, directory: Path) -> Path:
     model.save_pretrained(str(directory), safe_serialization=True)
     tokenizer.save_pretrained(str(directory))
     return directory
+
+
+@contextmanager
+def graceful_interrupt():
+    """The first Ctrl-C finishes the current step, saves a checkpoint and stops; a second one aborts."""
+    requested = {"stop": False}
+
+    def handler(signum, frame):
+        if requested["stop"]:
+            raise KeyboardInterrupt
+        requested["stop"] = True
+        err_console.print("[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to abort)[/]")
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no signal handling
+        previous = None
+    try:
+        yield lambda: requested["stop"]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,15 @@ from sdft.config import TrainConfig
 from sdft.console import err_console, progress_bar
 from sdft.errors import UserError
 from sdft.methods import checkpoint as ckpt
-from sdft.methods.harness import MetricsLog, PromptStream, StageResult, build_optimizer, build_scheduler, save_model
+from sdft.methods.harness import (
+    MetricsLog,
+    PromptStream,
+    StageResult,
+    build_optimizer,
+    build_scheduler,
+    graceful_interrupt,
+    save_model,
+)
 from sdft.methods.losses import distillation_loss
 from sdft.methods.rollout import PreparedRow, completion_logits, left_pad, prepare_rows, sample_completions
 from sdft.methods.stage import Stage
@@ -56,7 +63,7 @@ def train_sdft(stage: Stage) -> StageResult:
     main = trainer.accelerator.is_main_process
     log = MetricsLog(stage.run_dir, trainer.step if stage.resume else None, trainer.cfg.report_to) if main else None
     metrics: dict = {}
-    with progress_bar(disable=not main) as progress, _graceful_interrupt() as stop:
+    with progress_bar(disable=not main) as progress, graceful_interrupt() as stop:
         bar = progress.add_task(f"sdft on {stage.task.name}", total=trainer.cfg.steps, completed=trainer.step)
         while trainer.step < trainer.cfg.steps and not stop():
             metrics, samples = train_step(trainer)
@@ -206,25 +213,3 @@ def _timed(timings: dict, key: str):
     started = time.perf_counter()
     yield
     timings[key] += time.perf_counter() - started
-
-
-@contextmanager
-def _graceful_interrupt():
-    """The first Ctrl-C finishes the current step, saves a checkpoint and stops; a second one aborts."""
-    requested = {"stop": False}
-
-    def handler(signum, frame):
-        if requested["stop"]:
-            raise KeyboardInterrupt
-        requested["stop"] = True
-        err_console.print("[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to abort)[/]")
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: no signal handling
-        previous = None
-    try:
-        yield lambda: requested["stop"]
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)

@@ -9,9 +9,6 @@ SDFT run (metrics.jsonl, checkpoints/, model/)."""
 
 from __future__ import annotations
 
-import math
-import re
-import signal
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
@@ -24,12 +21,12 @@ from transformers import PrinterCallback, TrainerCallback
 from sdft.config import TrainConfig
 from sdft.console import err_console, progress_bar
 from sdft.errors import UserError
-from sdft.methods.harness import MetricsLog, StageResult, save_model
+from sdft.methods.harness import MetricsLog, StageResult, graceful_interrupt, save_model
+from sdft.methods.hf_trainer import CHECKPOINT_PREFIX, checkpoint_step, latest_checkpoint, require_finite
 from sdft.methods.stage import Stage
 from sdft.models import process_state
 from sdft.prompts import render_prompt
 
-CHECKPOINT_PREFIX = "checkpoint-"  # transformers' folder name: checkpoints/checkpoint-<step>
 # Trainer/TRL log keys we drop: per-session totals, TRL's token count (not restored on resume), summary-only keys.
 _DROPPED_KEYS = {"num_tokens", "num_input_tokens_seen", "total_flos", "train_runtime", "train_tokens_per_second",
                  "train_samples_per_second", "train_steps_per_second", "train_loss"}
@@ -49,7 +46,7 @@ def train_sft(stage: Stage, callbacks: Sequence[TrainerCallback] = ()) -> StageR
     log = MetricsLog(stage.run_dir, resume_step, cfg.report_to) if main else None
     bar = progress_bar() if main else nullcontext()
     with _no_transformers_bars():
-        with _training_session(stage), bar as progress, _graceful_interrupt() as stop:
+        with _training_session(stage), bar as progress, graceful_interrupt() as stop:
             run = RunCallback(log, progress, f"{cfg.method} on {stage.task.name}", stage.checkpoint_dir,
                               extra={"skipped_rows": skipped}, stop_requested=stop)
             trainer = build_trainer(stage, examples, [*callbacks, run])
@@ -213,7 +210,7 @@ class RunCallback(TrainerCallback):
             self.log.log(state.global_step, record)
         if self._bar is not None:
             self.progress.update(self._bar, description=f"{self.label} loss {record['loss']:.4f}")
-        _require_finite(record, state.global_step, self.checkpoint_dir)
+        require_finite(record, state.global_step, self.checkpoint_dir)
 
     def _mark(self, state) -> None:
         self._time, self._step, self._tokens = time.perf_counter(), state.global_step, state.num_input_tokens_seen
@@ -227,26 +224,6 @@ def _on_any_process(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-def _require_finite(record: dict[str, Any], step: int, checkpoint_dir: Path) -> None:
-    for key, name in (("loss", "loss"), ("grad_norm", "gradient norm")):
-        value = record.get(key)
-        if value is not None and not math.isfinite(value):
-            last = latest_checkpoint(checkpoint_dir)
-            where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
-            raise UserError(f"{name} became {value} at step {step}; {where}; try a lower train.learning_rate")
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest checkpoints/checkpoint-<step> folder, or None."""
-    root = Path(checkpoint_dir)
-    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
-    return max(found, key=checkpoint_step) if found else None
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(Path(path).name[len(CHECKPOINT_PREFIX):])
 
 
 def _save_on_interrupt(trainer) -> None:
@@ -294,25 +271,3 @@ def _no_transformers_bars():
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-@contextmanager
-def _graceful_interrupt():
-    """The first Ctrl-C finishes the current step, saves a checkpoint and stops; a second one interrupts now."""
-    requested = {"stop": False}
-
-    def handler(signum, frame):
-        if requested["stop"]:
-            raise KeyboardInterrupt
-        requested["stop"] = True
-        err_console.print("[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to stop now)[/]")
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: no signal handling
-        previous = None
-    try:
-        yield lambda: requested["stop"]
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)

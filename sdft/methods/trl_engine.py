@@ -84,12 +84,12 @@ from sdft.config import Config
 from sdft.console import err_console, progress_bar
 from sdft.errors import UserError
 from sdft.methods.harness import MetricsLog, StageResult, build_optimizer, build_scheduler, save_model
+from sdft.methods.hf_trainer import CHECKPOINT_PREFIX, checkpoint_step, latest_checkpoint, require_finite
 from sdft.methods.rollout import PreparedRow, prepare_rows
 from sdft.methods.stage import Stage
 from sdft.methods.teacher import Teacher, build_teacher
 from sdft.prompts import TEACHER_TEMPLATE, chat_messages
 
-CHECKPOINT_PREFIX = "checkpoint-"  # transformers' folder name: checkpoints/checkpoint-<step>
 TEACHER_FILE = "sdft_teacher.safetensors"
 TEACHER_PROMPT_TEMPLATE = TEACHER_TEMPLATE.replace("{demonstration}", "{privileged_context}")
 TEACHER_KINDS = {"frozen": "base", "ema": "ema", "live": "live"}  # ours -> TRL's teacher_model_kind
@@ -337,28 +337,7 @@ class _RunLog(TrainerCallback):
                 self.log.samples(state.global_step, self._samples)
         if self._bar is not None:
             self.progress.update(self._bar, description=f"sdft (trl) loss {record['loss']:.4f}")
-        _require_finite(record, state.global_step, self.checkpoint_dir)
-
-
-def _require_finite(record: dict[str, Any], step: int, checkpoint_dir: Path) -> None:
-    """Raised from on_log, which runs before that step's checkpoint: no checkpoint is written past a nan."""
-    for key in ("loss", "grad_norm"):
-        value = record.get(key)
-        if value is not None and not torch.isfinite(torch.tensor(float(value))):
-            last = latest_checkpoint(checkpoint_dir)
-            where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
-            raise UserError(f"the {key} became {value} at step {step}; {where}; try a lower train.learning_rate")
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest checkpoints/checkpoint-<step> folder, or None."""
-    root = Path(checkpoint_dir)
-    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return max(found, key=checkpoint_step) if found else None
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(Path(path).name[len(CHECKPOINT_PREFIX):])
+        require_finite(record, state.global_step, self.checkpoint_dir)
 
 
 def _processes() -> int:
