@@ -156,13 +156,23 @@ def sequence(
     tasks: Annotated[Optional[list[str]], typer.Argument(help="Tasks in training order (default: the config's tasks).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
-    output: OutputOption = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated methods, each trained as its own chain.")] = "sdft,sft",
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; several give means and 95% intervals.")] = "0",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder (default: runs/sequence-<tasks>); re-running on the same folder resumes.")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods, each trained as its own chain (default: sequence.methods, sdft,sft).")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds; several give means and 95% intervals (default: sequence.seeds, 0).")] = None,
 ) -> None:
     """Learn tasks one after another; evaluate every task after every stage; report forgetting."""
-    _config(config, set_)
-    _not_built("`sdft sequence`")
+    from sdft.report import comparison_table, matrix_table
+    from sdft.sequence import plan_sequence, run_sequence
+
+    listed = lambda text: f"[{text}]" if text else None  # noqa: E731
+    cfg = _config(config, set_, **{"tasks": listed(",".join(tasks) if tasks else None),
+                                   "sequence.methods": listed(methods), "sequence.seeds": listed(seeds)})
+    plan = plan_sequence(cfg, output)
+    results = run_sequence(plan)
+    for method in results["methods"]:
+        console.print(matrix_table(results, method))
+    console.print(comparison_table(results))
+    console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
 
 
 @app.command("tasks")

@@ -150,6 +150,19 @@ class TrainConfig:
 
 
 @dataclass
+class SequenceConfig:
+    """`sdft sequence`: chains of stages, one chain per method and seed."""
+
+    methods: list[Literal["sdft", "sft", "dft"]] = field(default_factory=lambda: ["sdft", "sft"])
+    """Each method trains its own chain on the same tasks, data and seeds."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Several seeds give a mean and a 95% confidence interval for every cell and metric."""
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-task overrides of train.* keys for that task's stage, e.g. {tools: {steps: 100, learning_rate: 5e-5,
+    max_rows: 200}}."""
+
+
+@dataclass
 class Config:
     """The whole configuration of a command."""
 
@@ -162,6 +175,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
     seed: int = 0
     output_root: str = "runs"
     """Where run folders go when a command gets no --output."""
@@ -189,6 +203,8 @@ def _validate(cfg: Config) -> None:
         (min(cfg.train.checkpoint_every, cfg.train.log_every, cfg.train.keep_checkpoints) < 1, "train.checkpoint_every, log_every and keep_checkpoints must be >= 1"),
         (cfg.lora.enabled and cfg.lora.r < 1, "lora.r must be >= 1"),
         (not cfg.tasks, "tasks must name at least one task"),
+        (not cfg.sequence.methods or not cfg.sequence.seeds, "sequence.methods and sequence.seeds must not be empty"),
+        (len(set(cfg.sequence.seeds)) != len(cfg.sequence.seeds), "sequence.seeds lists a seed twice"),
         (len(set(cfg.tasks)) != len(cfg.tasks), f"tasks lists a task twice: {cfg.tasks}"),
     ]
     for failed, message in checks:

@@ -18,7 +18,7 @@ from sdft.tasks.registry import load_tasks, require_known, task_registry
 BEFORE_FILE = "eval_before.json"
 
 
-def _trainer(cfg: Config) -> Callable[[Stage], StageResult]:
+def trainer_for(cfg: Config) -> Callable[[Stage], StageResult]:
     """The training function for (engine, method); imported lazily (TRL is slow to import)."""
     if cfg.train.engine == "trl":
         from sdft.methods.trl_engine import train_trl_sdft
@@ -53,7 +53,7 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     before = _before(loaded, cfg, task, general, run_dir) if evaluate else None
     if cfg.lora.enabled:
         loaded.model = add_lora(loaded.model, cfg.lora)
-    result = _trainer(cfg)(Stage(cfg, loaded, task, run_dir, resume))
+    result = trainer_for(cfg)(Stage(cfg, loaded, task, run_dir, resume))
     after = score_model(loaded, cfg.eval, [task], general) if evaluate else None
     results = {
         "task": task.name,

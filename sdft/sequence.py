@@ -1,0 +1,192 @@
+"""`sdft sequence`: learn tasks one after another and evaluate every task after every stage.
+
+For each method and seed a chain of stages runs: stage k trains task k starting from stage k-1's weights
+(the SDFT teacher is a copy of that stage-start student; a LoRA adapter is merged before the next stage
+adds a fresh one). Row 0 of the accuracy matrix is the base model, row k the model after stage k; every
+task and the general suite are evaluated for every row. Everything lands in one folder:
+
+  <run>/base.json                             row 0 (greedy evaluation is the same for every chain)
+  <run>/<method>/seed-<s>/stage-<k>-<task>/   a train run folder (checkpoints, metrics.jsonl, model/)
+                                    .../row.json  that stage's evaluation: written last, marks it done
+  <run>/results.json, report.md, *.png
+
+Re-running the same command on the same folder resumes: finished stages are skipped, an interrupted
+stage continues from its newest checkpoint, so the results equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sdft.config import Config, ModelConfig, config_to_dict, load_config
+from sdft.config_loading import apply_override
+from sdft.console import console
+from sdft.errors import UserError
+from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95
+from sdft.methods.stage import Stage, add_lora
+from sdft.models import LoadedModel, load_model
+from sdft.run_eval import general_suite, score_model, world_of
+from sdft.runs import atomic_write_json, read_json, write_run_header
+from sdft.tasks.registry import load_tasks, require_known, task_registry
+from sdft.tasks.spec import TaskSpec
+from sdft.train_run import trainer_for
+
+
+@dataclass
+class SequencePlan:
+    cfg: Config
+    tasks: list[TaskSpec]
+    general: list[TaskSpec]
+    run_dir: Path
+
+
+def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
+    """Check every name and every per-stage override before anything trains."""
+    registry = task_registry(cfg.custom_tasks)
+    require_known([*cfg.tasks, *general_suite(cfg)], registry)
+    unknown = set(cfg.sequence.stages) - set(cfg.tasks)
+    if unknown:
+        raise UserError(f"sequence.stages names {sorted(unknown)}, which are not tasks of this sequence {cfg.tasks}")
+    for task in cfg.tasks:
+        stage_config(cfg, task, cfg.sequence.methods[0], cfg.sequence.seeds[0])
+    run_dir = Path(output) if output else Path(cfg.output_root) / ("sequence-" + "-".join(cfg.tasks))
+    _claim(run_dir, cfg)
+    return SequencePlan(cfg, load_tasks(cfg.tasks, registry), load_tasks(general_suite(cfg), registry), run_dir)
+
+
+def _claim(run_dir: Path, cfg: Config) -> None:
+    """A run folder holds one sequence: the same config resumes it, a different one is refused."""
+    written = run_dir / "config.yaml"
+    if written.is_file():
+        if load_config(written) != cfg:
+            raise UserError(f"{run_dir} holds a sequence with a different config; pass another --output or delete it")
+        console.print(f"resuming the sequence in {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def stage_config(cfg: Config, task: str, method: str, seed: int) -> Config:
+    """The config of one stage: train.task/method and the seed set, then sequence.stages[task] overrides."""
+    stage = dataclasses.replace(cfg, seed=seed, train=dataclasses.replace(cfg.train, task=task, method=method))
+    for key, value in cfg.sequence.stages.get(task, {}).items():
+        stage = apply_override(stage, f"train.{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    return stage.validate()
+
+
+def run_sequence(plan: SequencePlan) -> dict:
+    cfg, started = plan.cfg, time.perf_counter()
+    loaded = load_model(cfg.model)
+    write_run_header(plan.run_dir, cfg, "sequence", str(loaded.device))
+    base = _cached_row(plan.run_dir / "base.json", lambda: score_model(loaded, cfg.eval, plan.tasks, plan.general))
+    chains = {m: {s: run_chain(plan, m, s, base) for s in cfg.sequence.seeds} for m in cfg.sequence.methods}
+    results = aggregate(plan, chains, time.perf_counter() - started)
+    atomic_write_json(plan.run_dir / "results.json", results)
+    from sdft.report import write_report
+
+    write_report(results, plan.run_dir)
+    return results
+
+
+def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[dict]:
+    """Rows 0..T of one chain: train each stage from the previous stage's weights, then evaluate."""
+    rows, model_cfg = [base], plan.cfg.model
+    for k, task in enumerate(plan.tasks, start=1):
+        stage_dir = plan.run_dir / method / f"seed-{seed}" / f"stage-{k}-{task.name}"
+        console.rule(f"[bold]{method}[/] seed {seed}: stage {k}/{len(plan.tasks)}, {task.name}")
+        rows.append(_cached_row(stage_dir / "row.json", lambda: _train_stage(plan, method, seed, task, stage_dir, model_cfg)))
+        model_cfg = dataclasses.replace(model_cfg, name_or_path=str(_stage_model_dir(plan.cfg, stage_dir)), revision=None)
+    return rows
+
+
+def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, stage_dir: Path, model_cfg: ModelConfig) -> dict:
+    cfg = dataclasses.replace(stage_config(plan.cfg, task.name, method, seed), model=model_cfg)
+    loaded = load_model(cfg.model)
+    if cfg.lora.enabled:
+        loaded.model = add_lora(loaded.model, cfg.lora)
+    resume = any((stage_dir / "checkpoints").glob("*-*"))
+    write_run_header(stage_dir, cfg, "sequence-stage", str(loaded.device))
+    trainer_for(cfg)(Stage(cfg, loaded, task, stage_dir, resume))
+    if cfg.lora.enabled:
+        loaded.model = _merge(loaded, _stage_model_dir(cfg, stage_dir))
+    return score_model(loaded, cfg.eval, plan.tasks, plan.general)
+
+
+def _stage_model_dir(cfg: Config, stage_dir: Path) -> Path:
+    """Where the next stage starts from: the trained model, or with LoRA the merged one."""
+    return stage_dir / ("merged" if cfg.lora.enabled else "model")
+
+
+def _merge(loaded: LoadedModel, directory: Path):
+    """Fold the stage's adapter into the weights, so 'adapter disabled' next stage means this stage's end."""
+    merged = loaded.model.merge_and_unload()
+    merged.save_pretrained(str(directory), safe_serialization=True)
+    loaded.tokenizer.save_pretrained(str(directory))
+    return merged
+
+
+def _cached_row(path: Path, compute) -> dict:
+    if path.is_file():
+        return read_json(path)
+    row = compute()
+    atomic_write_json(path, row)
+    return row
+
+
+def matrix_of(plan: SequencePlan, rows: list[dict]) -> tuple[list[list[float]], list[float | None]]:
+    matrix = [[row["scores"][t.name]["accuracy"] for t in plan.tasks] for row in rows]
+    return matrix, [row["general"]["mean"] for row in rows]
+
+
+def aggregate(plan: SequencePlan, chains: dict[str, dict[int, list[dict]]], elapsed: float) -> dict:
+    methods = {method: _method_summary(plan, seeds) for method, seeds in chains.items()}
+    return {
+        "world": world_of(plan.cfg.model.name_or_path, plan.tasks + plan.general),
+        "tasks": [t.name for t in plan.tasks],
+        "task_versions": {t.name: t.version for t in plan.tasks},
+        "seeds": list(plan.cfg.sequence.seeds),
+        "general_suite": [g.name for g in plan.general],
+        "methods": methods,
+        "definitions": DEFINITIONS,
+        "elapsed_seconds": elapsed,
+        "config": config_to_dict(plan.cfg),
+    }
+
+
+def _method_summary(plan: SequencePlan, seeds: dict[int, list[dict]]) -> dict:
+    per_seed = {}
+    for seed, rows in seeds.items():
+        matrix, general = matrix_of(plan, rows)
+        per_seed[str(seed)] = {"matrix": matrix, "general": general, "metrics": all_metrics(matrix, general),
+                               "forgetting_per_task": forgetting_per_task(matrix)}
+    runs = list(per_seed.values())
+    matrix, matrix_ci = _cellwise([r["matrix"] for r in runs])
+    (general,), (general_ci,) = _cellwise([[r["general"]] for r in runs])
+    (forget,), (forget_ci,) = _cellwise([[r["forgetting_per_task"]] for r in runs])
+    metrics = {k: _mean_or_none([r["metrics"][k] for r in runs]) for k in runs[0]["metrics"]}
+    return {
+        "matrix": matrix, "matrix_ci95": matrix_ci, "general": general, "general_ci95": general_ci,
+        "metrics": {k: v[0] for k, v in metrics.items()}, "metrics_ci95": {k: v[1] for k, v in metrics.items()},
+        "forgetting_per_task": forget, "forgetting_per_task_ci95": forget_ci, "per_seed": per_seed,
+    }
+
+
+def _cellwise(grids: list[list[list]]) -> tuple[list[list], list[list]]:
+    """Mean and CI half-width of every cell across seeds."""
+    means, halves = [], []
+    for r in range(len(grids[0])):
+        cells = [_mean_or_none([g[r][c] for g in grids]) for c in range(len(grids[0][r]))]
+        means.append([m for m, _ in cells])
+        halves.append([h for _, h in cells])
+    return means, halves
+
+
+def _mean_or_none(values: list) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    return mean_ci95(values) if values else (None, None)
+
+
+
