@@ -82,6 +82,9 @@ class EvalConfig:
     limit: int | None = None
     """Evaluate only the first N rows of each task (None = all)."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    cache: bool = True
+    """Keep per-sample results in <output_root>/.eval_cache, keyed by model weights, task version and
+    generation settings: a repeated evaluation is free and an interrupted one resumes."""
 
 
 @dataclass

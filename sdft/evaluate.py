@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from sdft.config import GenerationConfig
+from sdft.eval_cache import SampleStore
+from sdft.metrics import mean_pass_at_k
 from sdft.models import LoadedModel
 from sdft.prompts import render_prompt, teacher_prompt
 from sdft.scoring import get_scorer
@@ -36,6 +38,8 @@ class TaskEval:
     n_unseen: int
     hit_cap: int
     samples: list[dict] = field(default_factory=list, repr=False)
+    pass_at_k: dict[str, float] | None = None
+    """With several samples per row: the unbiased pass@k estimates."""
 
     def summary(self) -> dict:
         return {
@@ -45,6 +49,7 @@ class TaskEval:
             "n_unseen": self.n_unseen,
             "hit_cap": self.hit_cap,
             "version": self.version,
+            **({"pass_at_k": self.pass_at_k} if self.pass_at_k else {}),
         }
 
 
@@ -55,21 +60,19 @@ def model_inputs(loaded: LoadedModel, task: TaskSpec, rows: list[Row], teacher: 
 
 
 @torch.no_grad()
-def generate(
-    loaded: LoadedModel, prompts: list[str], gen: GenerationConfig, on_progress: ProgressCallback | None = None
-) -> list[Completion]:
-    """One completion per prompt (gen.samples per prompt, flattened prompt-major when > 1).
+def generate_batches(
+    loaded: LoadedModel, prompts: list[str], gen: GenerationConfig, seed: int = 0
+) -> Iterator[tuple[list[int], list[list[Completion]]]]:
+    """(prompt indices, gen.samples completions each) batch by batch.
 
-    Prompts are sorted by length so each batch pads little; results come back in the input order."""
+    Prompts are sorted by length so each batch pads little. With sampling, each batch is seeded from the
+    seed and its first prompt, so the samples do not depend on what ran before."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    results: list[list[Completion]] = [[] for _ in prompts]
     for start in range(0, len(order), gen.batch_size):
         batch = order[start : start + gen.batch_size]
-        for index, completions in zip(batch, _generate_batch(loaded, [prompts[i] for i in batch], gen)):
-            results[index] = completions
-        if on_progress:
-            on_progress(len(batch))
-    return [c for per_prompt in results for c in per_prompt]
+        if gen.temperature > 0:
+            torch.manual_seed(seed * 1_000_003 + batch[0])
+        yield batch, _generate_batch(loaded, [prompts[i] for i in batch], gen)
 
 
 def _generate_batch(loaded: LoadedModel, prompts: list[str], gen: GenerationConfig) -> list[list[Completion]]:
@@ -101,21 +104,35 @@ def evaluate_task(
     limit: int | None = None,
     teacher: bool = False,
     on_progress: ProgressCallback | None = None,
+    store: SampleStore | None = None,
+    seed: int = 0,
 ) -> TaskEval:
-    """Generate for every row of the split and score it; accuracy averages over rows and samples."""
+    """Generate for every row of the split and score it; accuracy averages over rows and samples.
+    With a store, rows it already holds are not generated again and new ones are written as they finish."""
     rows = task.split(split)[:limit] if limit else task.split(split)
-    completions = generate(loaded, model_inputs(loaded, task, rows, teacher), gen, on_progress)
+    prompts = model_inputs(loaded, task, rows, teacher)
+    done = store.load() if store else {}
+    todo = [i for i in range(len(rows)) if len(done.get(i, [])) != gen.samples]
+    if on_progress and len(todo) < len(rows):
+        on_progress(len(rows) - len(todo))
     scorer = get_scorer(task.scorer)
-    samples = []
-    for k, completion in enumerate(completions):
-        row = rows[k // gen.samples]
-        score = scorer(completion.text, row.answer)
-        samples.append({"row": k // gen.samples, "prompt": row.prompt, "response": completion.text,
-                        "answer": row.answer, "score": score, "unseen": row.unseen, "hit_cap": completion.hit_cap})
-    return _task_eval(task, samples)
+    for batch, completions in generate_batches(loaded, [prompts[i] for i in todo], gen, seed):
+        records = [_sample(todo[b], rows[todo[b]], c, scorer) for b, per_row in zip(batch, completions) for c in per_row]
+        for b in batch:
+            done[todo[b]] = [r for r in records if r["row"] == todo[b]]
+        if store:
+            store.append(records)
+        if on_progress:
+            on_progress(len(batch))
+    return _task_eval(task, [s for i in range(len(rows)) for s in done[i]], gen.samples)
 
 
-def _task_eval(task: TaskSpec, samples: list[dict]) -> TaskEval:
+def _sample(index: int, row: Row, completion: Completion, scorer) -> dict:
+    return {"row": index, "prompt": row.prompt, "response": completion.text, "answer": row.answer,
+            "score": scorer(completion.text, row.answer), "unseen": row.unseen, "hit_cap": completion.hit_cap}
+
+
+def _task_eval(task: TaskSpec, samples: list[dict], per_row: int) -> TaskEval:
     unseen = [s["score"] for s in samples if s["unseen"]]
     return TaskEval(
         task=task.name,
@@ -126,7 +143,19 @@ def _task_eval(task: TaskSpec, samples: list[dict]) -> TaskEval:
         n_unseen=len({s["row"] for s in samples if s["unseen"]}),
         hit_cap=sum(s["hit_cap"] for s in samples),
         samples=samples,
+        pass_at_k=_pass_at_k(samples, per_row),
     )
+
+
+def _pass_at_k(samples: list[dict], n: int) -> dict[str, float] | None:
+    """pass@1 .. pass@n (powers of two and n) when several samples were drawn per row."""
+    if n < 2:
+        return None
+    correct: dict[int, int] = {}
+    for s in samples:
+        correct[s["row"]] = correct.get(s["row"], 0) + int(s["score"] > 0)
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k < n} | {n})
+    return {f"pass@{k}": mean_pass_at_k(list(correct.values()), n, k) for k in ks}
 
 
 def _mean(values: list[float]) -> float:

@@ -95,3 +95,18 @@ def mean_ci95(values: list[float]) -> tuple[float, float | None]:
         return values[0], None
     quantile = _T95.get(len(values) - 1, 1.96)
     return mean(values), quantile * stdev(values) / math.sqrt(len(values))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with n samples of which c are correct (Chen et al. 2021):
+    1 - C(n-c, k) / C(n, k), the chance that k samples drawn without replacement include a correct one."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def mean_pass_at_k(correct_counts: list[int], n: int, k: int) -> float:
+    """pass@k averaged over problems, each with n samples."""
+    return mean(pass_at_k(n, c, k) for c in correct_counts)

@@ -6,13 +6,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdft.config import EMBEDDED_MODEL, Config, EvalConfig
+from sdft.config import EMBEDDED_MODEL, Config
 from sdft.console import progress_bar
+from sdft.eval_cache import SampleStore, cache_key, model_fingerprint
 from sdft.evaluate import TaskEval, evaluate_task, general_summary
 from sdft.models import LoadedModel, load_model
 from sdft.runs import atomic_write_json, atomic_write_text, new_run_dir, read_json, write_run_header
 from sdft.tasks.registry import embedded_prior_skills, load_tasks, require_known, task_registry
 from sdft.tasks.spec import TaskSpec
+
+
+EVAL_CACHE_DIR = ".eval_cache"
 
 
 @dataclass
@@ -39,9 +43,9 @@ def general_suite(cfg: Config) -> list[str]:
     return embedded_prior_skills() if cfg.eval.general is None else list(cfg.eval.general)
 
 
-def score_model(loaded: LoadedModel, ecfg: EvalConfig, tasks: list[TaskSpec], general: list[TaskSpec]) -> dict:
+def score_model(loaded: LoadedModel, cfg: Config, tasks: list[TaskSpec], general: list[TaskSpec]) -> dict:
     """{"scores": {task: summary}, "general": {"mean": .., skill: ..}} with plain prompts."""
-    evals = evaluate_many(loaded, ecfg, [(t, False) for t in tasks] + [(g, False) for g in general])
+    evals = evaluate_many(loaded, cfg, [(t, False) for t in tasks] + [(g, False) for g in general])
     return {"scores": {e.task: e.summary() for e in evals[: len(tasks)]},
             "general": general_summary(evals[len(tasks) :])}
 
@@ -60,9 +64,11 @@ def _model_world(model_name: str) -> str:
     return read_json(results).get("world", "custom") if results.is_file() else "custom"
 
 
-def evaluate_many(loaded: LoadedModel, ecfg: EvalConfig, jobs: list[tuple[TaskSpec, bool]]) -> list[TaskEval]:
-    """Evaluate (task, teacher?) pairs under one progress bar."""
+def evaluate_many(loaded: LoadedModel, cfg: Config, jobs: list[tuple[TaskSpec, bool]]) -> list[TaskEval]:
+    """Evaluate (task, teacher?) pairs under one progress bar, through the evaluation cache."""
     loaded.model.eval()
+    ecfg = cfg.eval
+    fingerprint = model_fingerprint(loaded.model) if ecfg.cache else None
     total = sum(len(t.split(ecfg.split)[: ecfg.limit] if ecfg.limit else t.split(ecfg.split)) for t, _ in jobs)
     results = []
     with progress_bar() as progress:
@@ -70,15 +76,23 @@ def evaluate_many(loaded: LoadedModel, ecfg: EvalConfig, jobs: list[tuple[TaskSp
         for task, teacher in jobs:
             progress.update(bar, description=f"{task.name} ({'teacher' if teacher else 'student'})")
             advance = lambda n: progress.advance(bar, n)  # noqa: E731
-            results.append(evaluate_task(loaded, task, ecfg.generation, ecfg.split, ecfg.limit, teacher, advance))
+            store = _store(cfg, fingerprint, task, teacher) if fingerprint else None
+            results.append(evaluate_task(loaded, task, ecfg.generation, ecfg.split, ecfg.limit, teacher, advance,
+                                         store, cfg.seed))
     return results
+
+
+def _store(cfg: Config, fingerprint: str, task: TaskSpec, teacher: bool) -> SampleStore:
+    key = cache_key(fingerprint, task.name, task.version, cfg.eval.split, cfg.eval.limit, teacher,
+                    cfg.eval.generation, cfg.seed)
+    return SampleStore(Path(cfg.output_root) / EVAL_CACHE_DIR, key)
 
 
 def run_eval(plan: EvalPlan, teacher: bool = False) -> dict:
     """Scores of the config's model on the plan's tasks (plain or teacher prompt) and the general suite."""
     loaded = _load(plan, "eval")
     jobs = [(t, teacher) for t in plan.tasks] + [(g, False) for g in plan.general]
-    evals = evaluate_many(loaded, plan.cfg.eval, jobs)
+    evals = evaluate_many(loaded, plan.cfg, jobs)
     task_evals, general_evals = evals[: len(plan.tasks)], evals[len(plan.tasks) :]
     results = {
         "model": plan.cfg.model.name_or_path,
@@ -96,7 +110,7 @@ def run_check(plan: EvalPlan) -> dict:
     """Student (plain prompt) against teacher (prompt + demonstration) on every task, and a verdict."""
     loaded = _load(plan, "check")
     jobs = [(t, teacher) for t in plan.tasks for teacher in (False, True)] + [(g, False) for g in plan.general]
-    evals = evaluate_many(loaded, plan.cfg.eval, jobs)
+    evals = evaluate_many(loaded, plan.cfg, jobs)
     pairs = [evals[2 * i : 2 * i + 2] for i in range(len(plan.tasks))]
     general_evals = evals[2 * len(plan.tasks) :]
     scores = {student.task: _check_scores(student, teacher) for student, teacher in pairs}

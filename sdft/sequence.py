@@ -81,7 +81,7 @@ def run_sequence(plan: SequencePlan) -> dict:
     cfg, started = plan.cfg, time.perf_counter()
     loaded = load_model(cfg.model)
     write_run_header(plan.run_dir, cfg, "sequence", str(loaded.device))
-    base = _cached_row(plan.run_dir / "base.json", lambda: score_model(loaded, cfg.eval, plan.tasks, plan.general))
+    base = _cached_row(plan.run_dir / "base.json", lambda: score_model(loaded, cfg, plan.tasks, plan.general))
     chains = {m: {s: run_chain(plan, m, s, base) for s in cfg.sequence.seeds} for m in cfg.sequence.methods}
     results = aggregate(plan, chains, time.perf_counter() - started)
     atomic_write_json(plan.run_dir / "results.json", results)
@@ -112,7 +112,7 @@ def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, sta
     trainer_for(cfg)(Stage(cfg, loaded, task, stage_dir, resume))
     if cfg.lora.enabled:
         loaded.model = _merge(loaded, _stage_model_dir(cfg, stage_dir))
-    return score_model(loaded, cfg.eval, plan.tasks, plan.general)
+    return score_model(loaded, cfg, plan.tasks, plan.general)
 
 
 def _stage_model_dir(cfg: Config, stage_dir: Path) -> Path:

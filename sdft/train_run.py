@@ -54,7 +54,7 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     if cfg.lora.enabled:
         loaded.model = add_lora(loaded.model, cfg.lora)
     result = trainer_for(cfg)(Stage(cfg, loaded, task, run_dir, resume))
-    after = score_model(loaded, cfg.eval, [task], general) if evaluate else None
+    after = score_model(loaded, cfg, [task], general) if evaluate else None
     results = {
         "task": task.name,
         "task_version": task.version,
@@ -78,6 +78,6 @@ def _before(loaded, cfg: Config, task, general, run_dir: Path) -> dict:
     path = run_dir / BEFORE_FILE
     if path.is_file():
         return read_json(path)
-    scores = score_model(loaded, cfg.eval, [task], general)
+    scores = score_model(loaded, cfg, [task], general)
     atomic_write_json(path, scores)
     return scores

@@ -90,3 +90,9 @@ def custom_task_file(tmp_path) -> Path:
         "splits: {train: data/train.jsonl, test: data/test.jsonl}\n"
     )
     return task
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Every test runs in its own folder: default run folders and the evaluation cache land there."""
+    monkeypatch.chdir(tmp_path)

@@ -123,8 +123,3 @@ def test_tasks_lists_custom_tasks(fixture_config):
     result = invoke("tasks", "--config", fixture_config)
     assert result.exit_code == 0, result.output
     assert "doubling" in result.output and "train 6" in result.output
-
-
-def test_unbuilt_commands_say_so_with_exit_2(fixture_config):
-    result = invoke("sequence", "--config", fixture_config)
-    assert result.exit_code == 2 and "not built yet" in result.output

@@ -64,3 +64,18 @@ def test_mean_ci95_by_hand():
     # sd = 0.2, t(2 dof) = 4.303, half = 4.303 * 0.2 / sqrt(3) = 0.49687
     assert mean == pytest.approx(0.7) and half == pytest.approx(0.49687, abs=1e-4)
     assert mean_ci95([0.4]) == (0.4, None)
+
+
+def test_pass_at_k_by_hand():
+    from sdft.metrics import mean_pass_at_k, pass_at_k
+
+    assert pass_at_k(5, 0, 3) == 0.0
+    assert pass_at_k(5, 5, 1) == 1.0
+    assert pass_at_k(5, 2, 1) == pytest.approx(2 / 5)
+    # n=5, c=2, k=2: 1 - C(3,2)/C(5,2) = 1 - 3/10 = 0.7
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)
+    assert pass_at_k(4, 2, 3) == 1.0  # any 3 of 4 include one of the 2 correct
+    # problems with c = 0, 1, 4 of n = 4 at k = 2: (0 + (1 - 3/6) + 1) / 3 = 0.5
+    assert mean_pass_at_k([0, 1, 4], n=4, k=2) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)

@@ -1,0 +1,69 @@
+"""The evaluation cache: per-sample results on disk, keyed by what determines them.
+
+key = (model fingerprint, task, task version, split, row limit, prompt kind, generation settings). Each key
+owns one JSONL file that grows a batch at a time, so a second identical evaluation costs nothing and an
+interrupted one resumes where it stopped (a half-written last line is ignored). Greedy decoding resumes
+exactly; with sampling the remaining rows are batched differently, so they get other, equally valid samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from sdft.config import GenerationConfig
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, dtypes, shapes, bytes): the weights actually in
+    memory, whatever file or adapter they came from. Linear in model size (seconds for a 7B model)."""
+    digest = hashlib.sha256()
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.cpu().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_key(fingerprint: str, task: str, version: str, split: str, limit: int | None, teacher: bool,
+              gen: GenerationConfig, seed: int) -> str:
+    settings = {k: v for k, v in dataclasses.asdict(gen).items() if k != "batch_size"}  # batching changes nothing
+    if gen.temperature > 0:
+        settings["seed"] = seed
+    payload = {"model": fingerprint, "task": task, "version": version, "split": split, "limit": limit,
+               "prompt": "teacher" if teacher else "student", "generation": settings}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class SampleStore:
+    """One evaluation's per-sample records, appended batch by batch."""
+
+    def __init__(self, directory: Path, key: str):
+        self.path = Path(directory) / f"{key}.jsonl"
+
+    def load(self) -> dict[int, list[dict]]:
+        """row index -> its samples, for every row whose samples were all written."""
+        done: dict[int, list[dict]] = {}
+        if not self.path.is_file():
+            return done
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed run
+                continue
+            done.setdefault(record["row"], []).append(record)
+        return done
+
+    def append(self, records: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write("".join(json.dumps(r) + "\n" for r in records))
+            handle.flush()
+            os.fsync(handle.fileno())

@@ -1,0 +1,96 @@
+"""Evaluation: the cache hits and misses when it should, an interrupted evaluation resumes to the same
+numbers, and pass@k comes out of sampled evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from conftest import qa_records
+from sdft import evaluate
+from sdft.config import load_config
+from sdft.models import load_model
+from sdft.run_eval import evaluate_many
+from sdft.tasks.loading import rows_from_records
+from sdft.tasks.spec import TaskSpec
+
+FIELDS = {"prompt": "question", "demonstration": "response", "answer": "label"}
+
+
+@pytest.fixture
+def setup(tiny_model_dir):
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "eval.generation.max_new_tokens=4",
+                             "eval.generation.batch_size=2", "tasks=[doubling]"])
+    rows = rows_from_records(qa_records(5), FIELDS, "fixture")
+    task = TaskSpec("doubling", "1", "fixture", "normalized", {"test": rows})
+    return cfg, load_model(cfg.model), task
+
+
+@pytest.fixture
+def generated(monkeypatch):
+    """Counts the prompts actually sent to the model."""
+    counter = {"prompts": 0}
+    real = evaluate._generate_batch
+
+    def counting(loaded, prompts, gen):
+        counter["prompts"] += len(prompts)
+        return real(loaded, prompts, gen)
+
+    monkeypatch.setattr(evaluate, "_generate_batch", counting)
+    return counter
+
+
+def test_the_cache_hits_on_a_repeat_and_misses_on_a_new_version_or_setting(setup, generated):
+    cfg, loaded, task = setup
+    first = evaluate_many(loaded, cfg, [(task, False)])[0]
+    assert generated["prompts"] == 5
+    again = evaluate_many(loaded, cfg, [(task, False)])[0]
+    assert generated["prompts"] == 5 and again.samples == first.samples  # served from the cache
+    evaluate_many(loaded, cfg, [(dataclasses.replace(task, version="2"), False)])
+    assert generated["prompts"] == 10  # a new task version misses
+    longer = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, generation=dataclasses.replace(cfg.eval.generation, max_new_tokens=5)))
+    evaluate_many(loaded, longer, [(task, False)])
+    assert generated["prompts"] == 15  # new generation settings miss
+    evaluate_many(loaded, cfg, [(task, True)])
+    assert generated["prompts"] == 20  # the teacher prompt is another evaluation
+    with_weights_changed = load_model(cfg.model)
+    next(with_weights_changed.model.parameters()).data.add_(0.1)
+    evaluate_many(with_weights_changed, cfg, [(task, False)])
+    assert generated["prompts"] == 25  # other weights miss
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_numbers(setup, generated, monkeypatch, tmp_path):
+    cfg, loaded, task = setup
+    uncached = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, cache=False))
+    expected = evaluate_many(loaded, uncached, [(task, False)])[0]
+    real, batches = evaluate._generate_batch, {"n": 0}
+
+    def dies_on_the_second_batch(loaded_, prompts, gen):
+        batches["n"] += 1
+        if batches["n"] == 2:
+            raise KeyboardInterrupt
+        return real(loaded_, prompts, gen)
+
+    monkeypatch.setattr(evaluate, "_generate_batch", dies_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_many(loaded, cfg, [(task, False)])
+    monkeypatch.setattr(evaluate, "_generate_batch", real)
+    (cache_file,) = (tmp_path / "runs" / ".eval_cache").glob("*.jsonl")
+    assert len(cache_file.read_text().splitlines()) == 2  # the first batch of 2 rows was kept
+    with cache_file.open("a") as handle:
+        handle.write('{"row": 4, "trunc')  # a line cut off by the kill is ignored
+    resumed = evaluate_many(loaded, cfg, [(task, False)])[0]
+    assert resumed.summary() == expected.summary()
+    assert [s["response"] for s in resumed.samples] == [s["response"] for s in expected.samples]
+
+
+def test_sampled_evaluation_reports_pass_at_k(setup):
+    cfg, loaded, task = setup
+    sampled = load_config(None, [f"model.name_or_path={cfg.model.name_or_path}", "eval.generation.max_new_tokens=4",
+                                 "eval.generation.temperature=1.0", "eval.generation.samples=4", "eval.cache=false"])
+    result = evaluate_many(loaded, sampled, [(task, False)])[0]
+    assert result.n == 5 and len(result.samples) == 20
+    assert set(result.pass_at_k) == {"pass@1", "pass@2", "pass@4"}
+    assert result.pass_at_k["pass@1"] == pytest.approx(result.accuracy)
+    assert result.pass_at_k["pass@1"] <= result.pass_at_k["pass@2"] <= result.pass_at_k["pass@4"]
