@@ -76,11 +76,6 @@ def _split(names: str | None) -> list[str] | None:
     return [n.strip() for n in names.split(",") if n.strip()] if names else None
 
 
-def _not_built(what: str) -> None:
-    err_console.print(f"[yellow]{what} is not built yet in this version of sdft.[/]")
-    raise typer.Exit(2)
-
-
 @app.command()
 @user_errors
 def train(
@@ -110,19 +105,31 @@ def eval_(
     output: OutputOption = None,
     teacher: Annotated[bool, typer.Option(help="Use the SDFT teacher prompt (question + demonstration) instead of the plain question.")] = False,
     limit: LimitOption = None,
-    prior_tasks: Annotated[bool, typer.Option(help="Also evaluate every earlier task of a run's lineage, next to the base model.")] = False,
+    prior_tasks: Annotated[bool, typer.Option(help="Evaluate a run on every task of its lineage and the general suite, next to its base model.")] = False,
 ) -> None:
     """Evaluate a model on tasks (greedy, batched) and on the general-capability suite."""
     from sdft.run_eval import plan_evaluation, run_eval
     from sdft.tables import eval_table
 
-    if prior_tasks:
-        _not_built("`sdft eval --prior-tasks`")
     cfg = _config(config, set_, **{"model.name_or_path": model, "eval.limit": limit})
+    if prior_tasks:
+        _eval_prior_tasks(cfg, output, _split(tasks))
+        return
     plan = plan_evaluation(cfg, "eval", output, _split(tasks))
     results = run_eval(plan, teacher=teacher)
     console.print(eval_table(results))
     console.print(f"results: {plan.run_dir / 'results.json'}")
+
+
+def _eval_prior_tasks(cfg: Config, output: Path | None, extra_tasks: list[str] | None) -> None:
+    from sdft.prior import prior_task_names, run_prior_eval
+    from sdft.run_eval import plan_evaluation
+    from sdft.tables import prior_table
+
+    plan = plan_evaluation(cfg, "eval", output, prior_task_names(cfg.model.name_or_path, extra_tasks))
+    results = run_prior_eval(plan)
+    console.print(prior_table(results))
+    console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
 
 
 @app.command()

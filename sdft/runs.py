@@ -99,3 +99,25 @@ def _git_hash() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+LINEAGE_FILE = "lineage.json"
+
+
+def lineage_of(model: str) -> dict | None:
+    """The lineage of a trained model: {"base_model": .., "stages": [{"task", "method", "run"}, ..]}.
+    `model` may be a run folder or its model/ (merged/) folder; None for a model sdft did not train."""
+    path = Path(model)
+    for folder in (path, path.parent):
+        if (folder / LINEAGE_FILE).is_file():
+            return read_json(folder / LINEAGE_FILE)
+    return None
+
+
+def write_lineage(run_dir: Path, start_model: str, task: str, method: str) -> dict:
+    """This run's lineage: the lineage of the model it started from, plus this stage."""
+    parent = lineage_of(start_model) or {"base_model": start_model, "stages": []}
+    lineage = {"base_model": parent["base_model"],
+               "stages": [*parent["stages"], {"task": task, "method": method, "run": str(Path(run_dir).resolve())}]}
+    atomic_write_json(Path(run_dir) / LINEAGE_FILE, lineage)
+    return lineage

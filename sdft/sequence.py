@@ -31,7 +31,7 @@ from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci9
 from sdft.methods.stage import Stage, add_lora
 from sdft.models import LoadedModel, load_model
 from sdft.run_eval import general_suite, score_model, world_of
-from sdft.runs import atomic_write_json, read_json, write_run_header
+from sdft.runs import atomic_write_json, read_json, write_lineage, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 from sdft.tasks.spec import TaskSpec
 from sdft.train_run import trainer_for
@@ -109,6 +109,7 @@ def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, sta
         loaded.model = add_lora(loaded.model, cfg.lora)
     resume = any((stage_dir / "checkpoints").glob("*-*"))
     write_run_header(stage_dir, cfg, "sequence-stage", str(loaded.device))
+    write_lineage(stage_dir, model_cfg.name_or_path, task.name, method)
     trainer_for(cfg)(Stage(cfg, loaded, task, stage_dir, resume))
     if cfg.lora.enabled:
         loaded.model = _merge(loaded, _stage_model_dir(cfg, stage_dir))

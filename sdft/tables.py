@@ -70,3 +70,14 @@ def train_table(results: dict) -> Table:
         delta = None if a is None or b is None else a - b
         table.add_row(name, _fmt(b), _fmt(a), "-" if delta is None else f"{delta:+.3f}")
     return table
+
+
+def prior_table(results: dict) -> Table:
+    stages = " -> ".join(s["task"] for s in results["lineage"]["stages"])
+    table = Table(title=f"what survived: {results['model']} (trained {stages}; world: {results['world']})")
+    for column in ("task", "base", "now", "delta"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for row in results["rows"]:
+        delta = "-" if row["delta"] is None else f"{row['delta']:+.3f}"
+        table.add_row(row["name"], _fmt(row["base"]), _fmt(row["now"]), delta)
+    return table

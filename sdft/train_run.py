@@ -12,7 +12,7 @@ from sdft.methods.harness import StageResult
 from sdft.methods.stage import Stage, add_lora
 from sdft.models import load_model, process_state
 from sdft.run_eval import general_suite, score_model, world_of
-from sdft.runs import atomic_write_json, new_run_dir, read_json, write_run_header
+from sdft.runs import atomic_write_json, new_run_dir, read_json, write_lineage, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 
 BEFORE_FILE = "eval_before.json"
@@ -50,6 +50,7 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     evaluate = cfg.train.evaluate and main
     if main:
         write_run_header(run_dir, cfg, "train", str(loaded.device))
+        write_lineage(run_dir, cfg.model.name_or_path, task.name, cfg.train.method)
     before = _before(loaded, cfg, task, general, run_dir) if evaluate else None
     if cfg.lora.enabled:
         loaded.model = add_lora(loaded.model, cfg.lora)
