@@ -10,7 +10,7 @@ import torch
 from sdft.config import GenerationConfig
 from sdft.eval_cache import SampleStore
 from sdft.metrics import mean_pass_at_k
-from sdft.models import LoadedModel
+from sdft.models import NEUTRAL_DECODING, NEUTRAL_PENALTIES, LoadedModel
 from sdft.prompts import render_prompt, teacher_prompt
 from sdft.scoring import get_scorer
 from sdft.tasks.spec import Row, TaskSpec
@@ -78,7 +78,10 @@ def generate_batches(
 def _generate_batch(loaded: LoadedModel, prompts: list[str], gen: GenerationConfig) -> list[list[Completion]]:
     tokenizer = loaded.tokenizer
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
-    sampling = {"do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p} if gen.temperature > 0 else {"do_sample": False}
+    if gen.temperature > 0:
+        decoding = {**NEUTRAL_DECODING, "do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
+    else:
+        decoding = {**NEUTRAL_PENALTIES, "do_sample": False}
     output = loaded.model.generate(
         **encoded,
         max_new_tokens=gen.max_new_tokens,
@@ -86,7 +89,7 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], gen: GenerationConf
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         use_cache=True,
-        **sampling,
+        **decoding,
     )
     new_tokens = output[:, encoded["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

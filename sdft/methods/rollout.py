@@ -11,6 +11,7 @@ from torch import Tensor
 from sdft.config import TrainConfig
 from sdft.console import err_console
 from sdft.errors import UserError
+from sdft.models import NEUTRAL_DECODING
 from sdft.prompts import render_prompt, teacher_prompt
 from sdft.tasks.spec import Row, TaskSpec
 
@@ -84,8 +85,8 @@ def sample_completions(model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor
     was_training = model.training
     model.eval()
     output = model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
-        temperature=cfg.rollout_temperature, top_p=cfg.rollout_top_p, top_k=0,
+        input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, **NEUTRAL_DECODING,
+        temperature=cfg.rollout_temperature, top_p=cfg.rollout_top_p,
         max_new_tokens=cfg.max_completion_tokens, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, use_cache=True,
     )
