@@ -70,6 +70,26 @@ class GenerationConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """The paper's prior benchmarks through lm-evaluation-harness (pip install 'sdft[harness]'), run on the
+    model in memory, no chat template; their scores join the general suite's unweighted mean. The
+    benchmark datasets come from the hub."""
+
+    tasks: list[str] = field(default_factory=list)
+    """e.g. [hellaswag, truthfulqa_mc1, mmlu, ifeval, winogrande, humaneval]; [] = none."""
+    metrics: dict[str, str] = field(default_factory=dict)
+    """'<metric>,<filter>' per task, over sdft.lm_harness.HARNESS_DEFAULT_METRICS."""
+    num_fewshot: int | None = None
+    limit: int | None = None
+    """Rows per (sub)task; None = all."""
+    batch_size: int = 8
+    include_path: str | None = None
+    """A folder of local harness task YAMLs."""
+    allow_code_execution: bool = False
+    """humaneval runs model-written code: enable only in a sandbox."""
+
+
+@dataclass
 class EvalConfig:
     """What `sdft eval` and `sdft check` measure."""
 
@@ -82,6 +102,7 @@ class EvalConfig:
     limit: int | None = None
     """Evaluate only the first N rows of each task (None = all)."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
     cache: bool = True
     """Keep per-sample results in <output_root>/.eval_cache, keyed by model weights, task version and
     generation settings: a repeated evaluation is free and an interrupted one resumes."""

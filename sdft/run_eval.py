@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sdft.config import EMBEDDED_MODEL, Config
 from sdft.console import progress_bar
+from sdft.errors import UserError
 from sdft.eval_cache import SampleStore, cache_key, model_fingerprint
 from sdft.evaluate import TaskEval, evaluate_task, general_summary
 from sdft.models import LoadedModel, load_model
@@ -34,6 +35,9 @@ def plan_evaluation(cfg: Config, command: str, output: str | Path | None, tasks:
     task_names = tasks or cfg.eval.tasks or cfg.tasks
     general_names = general_suite(cfg)
     require_known([*task_names, *general_names], registry)
+    clash = set(cfg.eval.harness.tasks) & set(general_names)
+    if clash:
+        raise UserError(f"eval.harness.tasks and the general suite both name {sorted(clash)}; rename or drop one")
     specs, general = load_tasks(task_names, registry), load_tasks(general_names, registry)
     return EvalPlan(cfg, specs, general, new_run_dir(output, command, cfg))
 
@@ -47,7 +51,22 @@ def score_model(loaded: LoadedModel, cfg: Config, tasks: list[TaskSpec], general
     """{"scores": {task: summary}, "general": {"mean": .., skill: ..}} with plain prompts."""
     evals = evaluate_many(loaded, cfg, [(t, False) for t in tasks] + [(g, False) for g in general])
     return {"scores": {e.task: e.summary() for e in evals[: len(tasks)]},
-            "general": general_summary(evals[len(tasks) :])}
+            "general": general_scores(loaded, cfg, evals[len(tasks) :])}
+
+
+def general_scores(loaded: LoadedModel, cfg: Config, evals: list[TaskEval]) -> dict:
+    """The general suite: prior-skill tasks and, when configured, lm-evaluation-harness benchmarks;
+    'mean' is the unweighted mean over all of them."""
+    summary, harness = general_summary(evals), cfg.eval.harness
+    if not harness.tasks:
+        return summary
+    from sdft.lm_harness import harness_scores
+
+    scores = {k: v for k, v in summary.items() if k != "mean"}
+    scores |= harness_scores(loaded, harness.tasks, metrics=harness.metrics or None, num_fewshot=harness.num_fewshot,
+                             limit=harness.limit, batch_size=harness.batch_size, include_path=harness.include_path,
+                             allow_code_execution=harness.allow_code_execution, seed=cfg.seed)
+    return {"mean": sum(scores.values()) / len(scores), **scores}
 
 
 def world_of(model_name: str, tasks: list[TaskSpec]) -> str:
@@ -100,7 +119,7 @@ def run_eval(plan: EvalPlan, teacher: bool = False) -> dict:
         "prompt": "teacher" if teacher else "student",
         "split": plan.cfg.eval.split,
         "scores": {e.task: e.summary() for e in task_evals},
-        "general": general_summary(general_evals),
+        "general": general_scores(loaded, plan.cfg, general_evals),
     }
     _write_results(plan.run_dir, results, jobs, evals)
     return results
@@ -120,7 +139,7 @@ def run_check(plan: EvalPlan) -> dict:
         "world": world_of(plan.cfg.model.name_or_path, plan.tasks + plan.general),
         "split": plan.cfg.eval.split,
         "scores": scores,
-        "general": general_summary(general_evals),
+        "general": general_scores(loaded, plan.cfg, general_evals),
         "verdict": verdict,
         "reasons": reasons,
     }
