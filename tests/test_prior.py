@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from typer.testing import CliRunner
@@ -60,3 +61,31 @@ def test_two_stages_make_a_lineage_and_prior_tasks_compares_with_the_base(tmp_pa
 def test_prior_tasks_needs_a_run_with_a_lineage(tiny_model_dir):
     result = CliRunner().invoke(app, ["eval", str(tiny_model_dir), "--prior-tasks"], prog_name="sdft")
     assert result.exit_code == 1 and "has no lineage.json" in result.output
+
+
+def test_a_lora_run_evaluates_without_merging_into_the_base_files(tmp_path, tiny_model_dir):
+    import hashlib
+
+    files = [arithmetic_task(tmp_path, "doubling", 2)]
+    cfg = load_config(None, [
+        f"model.name_or_path={tiny_model_dir}", f"custom_tasks=[{files[0]}]", "tasks=[doubling]",
+        "eval.general=[]", "eval.generation.max_new_tokens=4", "train.task=doubling", "train.steps=2",
+        "train.batch_size=2", "train.max_completion_tokens=6", "train.warmup_steps=0", "train.learning_rate=0.05",
+        "train.evaluate=false", "lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj, v_proj]",
+    ])
+    base_weights = tiny_model_dir / "model.safetensors"
+    before = hashlib.sha256(base_weights.read_bytes()).hexdigest()
+    run_train(cfg, tmp_path / "lora-run")
+    saved = sorted(p.name for p in (tmp_path / "lora-run" / "model").iterdir())
+    assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved  # only the adapter
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "lora-run"), "--config", str(tmp_path / "lora-run" / "config.yaml"),
+                                      "--output", str(tmp_path / "ev")], prog_name="sdft")
+    assert result.exit_code == 0, result.output
+    assert hashlib.sha256(base_weights.read_bytes()).hexdigest() == before  # the base files are untouched
+    # the evaluated model is base + trained adapter: its outputs differ from the base model's
+    import torch
+
+    adapted = load_model(dataclasses.replace(cfg.model, name_or_path=str(tmp_path / "lora-run")))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert not torch.allclose(adapted.model(ids).logits, load_model(cfg.model).model(ids).logits)
