@@ -96,3 +96,13 @@ def custom_task_file(tmp_path) -> Path:
 def _in_tmp_dir(tmp_path, monkeypatch):
     """Every test runs in its own folder: default run folders and the evaluation cache land there."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: one thread is much faster than two fighting for the cores.
+    Modules of tiny-model training tests opt in with pytestmark = pytest.mark.usefixtures("one_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

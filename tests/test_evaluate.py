@@ -15,6 +15,7 @@ from sdft.run_eval import evaluate_many
 from sdft.tasks.loading import rows_from_records
 from sdft.tasks.spec import TaskSpec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 FIELDS = {"prompt": "question", "demonstration": "response", "answer": "label"}
 
 

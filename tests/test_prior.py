@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from sdft import evaluate
@@ -16,6 +18,8 @@ from sdft.runs import lineage_of
 from sdft.tasks.registry import load_tasks, task_registry
 from sdft.train_run import run_train
 from test_sequence import arithmetic_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_two_stages_make_a_lineage_and_prior_tasks_compares_with_the_base(tmp_path, tiny_model_dir, monkeypatch):

@@ -19,6 +19,7 @@ from sdft.models import load_model
 from sdft.tasks.loading import rows_from_records
 from sdft.tasks.spec import TaskSpec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 FIELDS = {"prompt": "question", "demonstration": "response", "answer": "label"}
 
 

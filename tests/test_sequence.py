@@ -15,6 +15,8 @@ from sdft.errors import UserError
 from sdft.methods import sdft as sdft_method
 from sdft.sequence import plan_sequence, run_sequence, stage_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def arithmetic_task(tmp_path, name: str, factor: int) -> str:
     records = [{"question": f"{i} times {factor}?", "response": f"So {i * factor}. Answer: {i * factor}",

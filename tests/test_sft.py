@@ -28,13 +28,7 @@ BASE = ["train.method=sft", "train.batch_size=2", "train.warmup_steps=0", "train
         "train.log_every=1", "train.checkpoint_every=100", "train.max_completion_tokens=64"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine: one thread is ~100x faster than two fighting for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_stage(run_dir, model_dir, *overrides, rows=ROWS, resume=False) -> Stage:

@@ -30,13 +30,7 @@ BASE = ["tasks=[doubling]", "train.task=doubling", "train.engine=trl", "train.st
         "lora.target_modules=[q_proj, v_proj]"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine: one thread is much faster than two fighting for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
