@@ -60,13 +60,18 @@ def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
 
 
 def _claim(run_dir: Path, cfg: Config) -> None:
-    """A run folder holds one sequence: the same config resumes it, a different one is refused."""
+    """A run folder holds one sequence: the same config resumes it (other methods or seeds only add
+    chains beside the finished ones); any other difference is refused."""
     written = run_dir / "config.yaml"
     if written.is_file():
-        if load_config(written) != cfg:
+        if _without_chains(load_config(written)) != _without_chains(cfg):
             raise UserError(f"{run_dir} holds a sequence with a different config; pass another --output or delete it")
-        console.print(f"resuming the sequence in {run_dir}")
+        console.print(f"resuming the sequence in {run_dir} (finished stages are reused)")
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _without_chains(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, sequence=dataclasses.replace(cfg.sequence, methods=[], seeds=[]))
 
 
 def stage_config(cfg: Config, task: str, method: str, seed: int) -> Config:

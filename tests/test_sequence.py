@@ -71,6 +71,12 @@ def test_two_methods_fill_the_whole_matrix_and_report(sequence_config, tmp_path)
     assert (tmp_path / "run" / "report.md").is_file()
     with pytest.raises(UserError, match="different config"):
         plan_sequence(sequence_config("sequence.methods=[sdft, sft]", "train.steps=2"), tmp_path / "run")
+    # another seed only adds a chain beside the finished ones, which are reused as they are
+    more = sequence_config("sequence.methods=[sdft, sft]", "train.steps=1", "sequence.seeds=[0, 1]",
+                           "sequence.stages={doubling: {max_completion_tokens: 24}, tripling: {max_completion_tokens: 24}}")
+    extended = run_sequence(plan_sequence(more, tmp_path / "run"))
+    assert extended["methods"]["sdft"]["per_seed"]["0"] == results["methods"]["sdft"]["per_seed"]["0"]
+    assert set(extended["methods"]["sdft"]["per_seed"]) == {"0", "1"}
 
 
 def test_a_kill_mid_stage_then_the_same_command_gives_the_uninterrupted_results(sequence_config, tmp_path, monkeypatch):
