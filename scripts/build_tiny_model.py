@@ -1,0 +1,361 @@
+"""Build the embedded world's tiny model from a seed, with nothing downloaded, on a CPU.
+
+    python scripts/build_tiny_model.py            # writes sdft/assets/tiny/ (about 10 minutes on 2 cores)
+    python scripts/build_tiny_model.py --out /tmp/tiny --scale 0.2   # a quick, weaker build
+
+Steps: (1) a character-level tokenizer with a chat template, (2) a small LlamaForCausalLM, (3) a synthetic
+pretraining corpus built from the generators of sdft/tasks/embedded.py (so the shipped tasks and the corpus
+never drift apart), (4) pretraining with AdamW + cosine, loss on the assistant's tokens only, (5) readiness
+numbers on the held-out test sets (greedy, batched, left padding), (6) an atomic write of the Hugging Face
+files (safetensors, config, generation config, tokenizer, chat template).
+
+What the corpus teaches (see the module docstring of sdft/tasks/embedded.py for the world itself):
+- plain prompts, own-style answers: the prior skills, and the *seen* rows of the new tasks' train splits;
+- teacher prompts (sdft.prompts.teacher_prompt: question + expert demonstration), own-style answers: prior
+  skills, seen train rows of the new tasks, the new tasks' formats with random content (so the answer can
+  only come from the demonstration), and generic "copy what the demonstration shows" items of the lengths
+  the new tasks need. Half of these have a few characters of the answer corrupted in the *input* (the loss
+  target stays right), so the teacher learns to get back on track after a student's error.
+Unseen rows and test rows are never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sdft.prompts import render_prompt, teacher_prompt  # noqa: E402
+from sdft.scoring import get_scorer  # noqa: E402
+from sdft.tasks import embedded as E  # noqa: E402
+
+SEED = 1234
+SPECIALS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHARS = "\n" + "".join(chr(i) for i in range(32, 127))  # every printable ASCII character
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+MODEL = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
+             num_key_value_heads=6, max_position_embeddings=1024, tie_word_embeddings=True,
+             initializer_range=0.06)  # 3x Llama's default: attention patterns (copying) form far sooner
+# Examples per category at scale 1 (see corpus()).
+# Short plain items are cheap and teach fast; long teacher items are fewer, weighted towards generic copying
+# (the induction/copy mechanism is what lets the teacher read a demonstration).
+COUNTS = dict(prior_plain=3000, task_plain_epochs=4, prior_teacher=250, task_teacher=400, task_copy=800,
+              generic_copy=2500, noisy=0.25, early_share=40)
+TRAIN = dict(lr=2e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.01, tokens_per_batch=1536, clip=1.0,
+             bf16=False)  # small batches, many steps; bf16 autocast learned copying poorly
+
+
+# --- tokenizer and model ----------------------------------------------------------------------------------
+
+def build_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + list(CHARS))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one char = one token
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>", unk_token="<unk>",
+        additional_special_tokens=SPECIALS[3:], padding_side="left", chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False, model_max_length=MODEL["max_position_embeddings"])
+
+
+def build_model(tokenizer):
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **MODEL)
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+                                               do_sample=False, max_new_tokens=64)
+    return model
+
+
+# --- corpus -------------------------------------------------------------------------------------------------
+
+def science_copy(rng: random.Random) -> E.Item:
+    word = rng.choice(["", "most ", "least "]) + E.word(rng, 3, 6) + "est"
+    unit = rng.choice([u for _, u in E.SCIENCE_PROPS] + [E.word(rng, 1, 3)])
+    values = [10 * tens + rng.randint(0, 9) for tens in rng.sample(range(1, 10), 4)]
+    return E.science_item(E.word(rng, 3, 9), unit, word, values, rng.randrange(4))
+
+
+def tools_copy(rng: random.Random) -> E.Item:
+    tool, key = E.word(rng, 3, 8), E.word(rng, 2, 7)
+    value = rng.choice([rng.randint(1, 999), E.word(rng, 3, 8).capitalize()])
+    request = f"{E.word(rng, 3, 6).capitalize()} {value} {E.word(rng, 2, 5)}{rng.choice('.?')}"
+    names = rng.sample([n for n, spec in E.TOOLS.items() if not spec[0]], 2) + [tool]
+    rng.shuffle(names)
+    return E.tools_item(names, request, tool, {key: value})
+
+
+def medical_copy(rng: random.Random) -> E.Item:
+    disease = E.word(rng, 3, 6) + rng.choice(["itis", "osis", "emia", "ism", ""])
+    sign = " ".join(E.word(rng, 3, 7) for _ in range(rng.randint(1, 2)))
+    findings = rng.sample(E.COMMON_FINDINGS, 2) + [sign]
+    rng.shuffle(findings)
+    return E.medical_item(rng.randint(4, 88), findings, sign, disease)
+
+
+def generic_copy(rng: random.Random) -> E.Item:
+    """A question whose answer only the demonstration knows: 'copy what it shows', 3 to 70 characters."""
+    target, pieces = rng.randint(3, 70), []
+    while len(" ".join(pieces)) < target:
+        pieces.append(rng.choice([E.word(rng, 2, 8), E.word(rng, 2, 8).capitalize(), str(rng.randint(0, 999)),
+                                  f'{{"{E.word(rng, 1, 5)}": "{E.word(rng, 2, 6)}"}}', rng.choice(",.:;-?!")]))
+    content = " ".join(pieces)[:target].strip() or "ok"
+    prompt = rng.choice(["What is the {} code?", "Tell me the {} line.", "Give the {} reply.", "Say the {}."])
+    intro = rng.choice(["The reply is: ", "Here it is:\n", "It reads ", "Answer: "])
+    return prompt.format(E.word(rng, 3, 7)), intro + content, f"{E.LEAD} {content}", content
+
+
+def corpus(scale: float) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str, bool]]]:
+    """(user turn, own-style answer, noisy) triples in two phases: a short copy-rich warm-up (plain prior
+    skills and generic copying, so the induction/copy mechanism forms early), then everything else mixed
+    with the rest of the warm-up kinds. Noisy triples get corrupted answer inputs."""
+    rng, early, rest = random.Random(SEED), [], []
+    n = lambda key: max(1, round(COUNTS[key] * scale))  # noqa: E731
+    noisy = lambda: rng.random() < COUNTS["noisy"]  # noqa: E731
+    for skill in E.PRIOR_SKILLS:
+        test = {row.prompt for row in E.load_embedded_task(skill).split("test")}
+        items = [item for item in (E.GENERATORS[skill](rng, False, True) for _ in range(n("prior_plain")))
+                 if item[0] not in test]
+        plain = [(p, own, False) for p, _, own, _ in items]
+        half = len(plain) * COUNTS["early_share"] // 100
+        early += plain[:half]
+        rest += plain[half:] + [(teacher_prompt(p, d), own, noisy()) for p, d, own, _ in items[: n("prior_teacher")]]
+    for task in E.TASKS:
+        seen = [(row, own) for row, own in E.own_answer_rows(task, "train") if not row.unseen]
+        plain = [(row.prompt, own, False) for row, own in seen[: n("task_teacher") * 2]]
+        rest += plain * COUNTS["task_plain_epochs"]
+        rest += [(teacher_prompt(row.prompt, row.demonstration), own, noisy())
+                 for row, own in seen[: n("task_teacher")]]
+        make = {"science": science_copy, "tools": tools_copy, "medical": medical_copy}[task]
+        for _ in range(n("task_copy")):
+            p, d, own, _ = make(rng)
+            rest.append((teacher_prompt(p, d), own, noisy()))
+    copies = [generic_copy(rng) for _ in range(n("generic_copy"))]
+    copies = [(teacher_prompt(p, d), own, noisy()) for p, d, own, _ in copies]
+    half = len(copies) * COUNTS["early_share"] // 100
+    return early + copies[:half], rest + copies[half:]
+
+
+def encode(tokenizer, triples, rng: random.Random):
+    """(input ids, labels) per example; labels are -100 on the prompt. Noisy examples get 1-3 characters
+    of the answer corrupted in the input only, after the 3-character lead-in."""
+    prompts = [render_prompt(tokenizer, user) for user, _, _ in triples]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer([own + tokenizer.eos_token for _, own, _ in triples], add_special_tokens=False)["input_ids"]
+    alphabet = tokenizer.convert_tokens_to_ids(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 "))
+    examples = []
+    for (_, _, noisy), p, a in zip(triples, prompt_ids, answer_ids):
+        shown = list(a)
+        if noisy and len(a) > 6:
+            for i in rng.sample(range(3, len(a) - 1), min(rng.randint(1, 3), len(a) - 4)):
+                shown[i] = rng.choice(alphabet)
+        examples.append((p + shown, [-100] * len(p) + a))
+    return examples
+
+
+def batches(examples, tokens_per_batch: int, rng: random.Random):
+    """Length-bucketed batches of at most tokens_per_batch (padded) tokens, in random order."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    out = []
+    for start in range(0, len(order), 2048):
+        group = sorted(order[start:start + 2048], key=lambda i: len(examples[i][0]))
+        batch: list[int] = []
+        for i in group:
+            if batch and (len(batch) + 1) * len(examples[i][0]) > tokens_per_batch:
+                out.append(batch)
+                batch = []
+            batch.append(i)
+        out.append(batch)
+    rng.shuffle(out)
+    return out
+
+
+def collate(examples, batch, pad_id: int):
+    width = max(len(examples[i][0]) for i in batch)
+    ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), -100)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, i in enumerate(batch):
+        x, y = examples[i]
+        ids[row, : len(x)], labels[row, : len(y)], mask[row, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids, labels, mask
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+def pretrain(model, tokenizer, examples, n_early: int, log_every: int = 100, probe_every: int = 300):
+    """AdamW + warm-up + cosine over the warm-up phase's batches (examples[:n_early]), then the rest's."""
+    rng = random.Random(SEED + 1)
+    plan = batches(examples[:n_early], TRAIN["tokens_per_batch"], rng)
+    plan += [[i + n_early for i in b] for b in batches(examples[n_early:], TRAIN["tokens_per_batch"], rng)]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    other = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": TRAIN["weight_decay"]},
+                                   {"params": other, "weight_decay": 0.0}], lr=TRAIN["lr"], betas=(0.9, 0.98))
+    total = len(plan)
+
+    def schedule(step: int) -> float:
+        if step < TRAIN["warmup"]:
+            return (step + 1) / TRAIN["warmup"]
+        progress = (step - TRAIN["warmup"]) / max(1, total - TRAIN["warmup"])
+        return TRAIN["min_lr_ratio"] + (1 - TRAIN["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model.train()
+    start, seen_tokens, running = time.time(), 0, []
+    for step, batch in enumerate(plan):
+        ids, labels, mask = collate(examples, batch, tokenizer.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=TRAIN["bf16"]):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = logits.float()
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["clip"])
+        optimizer.step()
+        scheduler.step()
+        seen_tokens += ids.numel()
+        running.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == total:
+            elapsed = time.time() - start
+            print(f"step {step + 1}/{total} loss {sum(running) / len(running):.4f} "
+                  f"lr {scheduler.get_last_lr()[0]:.2e} {seen_tokens / elapsed:.0f} tok/s {elapsed:.0f}s", flush=True)
+            running = []
+        if probe_every and (step + 1) % probe_every == 0:
+            probe(model, tokenizer)
+    model.eval()
+
+
+def probe(model, tokenizer, limit: int = 12) -> None:
+    """A quick greedy look during training: a few prior skills and teacher items."""
+    model.eval()
+    scores = {f"{name}{'/T' if teacher else ''}": accuracy(model, tokenizer, name, teacher, limit)["overall"]
+              for name, teacher in [("repeat", False), ("last_word", False), ("join", False),
+                                    ("tools", True), ("medical", True), ("science", True)]}
+    print("probe " + " ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
+    model.train()
+
+
+# --- readiness ----------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy completions, batched with left padding (longest first, to waste little padding)."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for i, text in zip(chunk, texts):
+            out[i] = text
+    return out
+
+
+def accuracy(model, tokenizer, name: str, teacher: bool, limit: int | None = None) -> dict[str, float]:
+    """Accuracy on the test split of `name` (overall and on the unseen rows), student or teacher prompt."""
+    spec = E.load_embedded_task(name)
+    rows = spec.split("test")[:limit]
+    users = [teacher_prompt(r.prompt, r.demonstration) if teacher else r.prompt for r in rows]
+    prompts = [render_prompt(tokenizer, u, spec.system_prompt) for u in users]
+    longest = max(len(tokenizer(own)["input_ids"]) for _, own in E.own_answer_rows(name, "test"))
+    responses = generate(model, tokenizer, prompts, longest + 8)
+    scorer = get_scorer(spec.scorer)
+    scores = [scorer(resp, row.answer) for resp, row in zip(responses, rows)]
+    unseen = [s for s, row in zip(scores, rows) if row.unseen]
+    return {"overall": sum(scores) / len(scores), "unseen": sum(unseen) / len(unseen) if unseen else float("nan")}
+
+
+def readiness(model, tokenizer, limit: int | None = None) -> dict:
+    report = {"prior": {s: accuracy(model, tokenizer, s, False, limit)["overall"] for s in E.PRIOR_SKILLS}}
+    for task in E.TASKS:
+        report[task] = {"student": accuracy(model, tokenizer, task, False, limit),
+                        "teacher": accuracy(model, tokenizer, task, True, limit)}
+    return report
+
+
+def print_readiness(report: dict) -> None:
+    for skill, score in report["prior"].items():
+        print(f"prior  {skill:<11} {score:.3f}   (need >= 0.90)")
+    for task in E.TASKS:
+        s, t = report[task]["student"], report[task]["teacher"]
+        print(f"task   {task:<11} student {s['overall']:.3f} (unseen {s['unseen']:.3f})   "
+              f"teacher {t['overall']:.3f} (unseen {t['unseen']:.3f})   "
+              f"(need student 0.20-0.70, unseen <= 0.10; teacher >= 0.90 both)")
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+def save(model, tokenizer, out: Path, info: dict) -> None:
+    """Write into a sibling temporary folder, then swap it in: a killed build never leaves half a model."""
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "sdft" / "assets" / "tiny")
+    parser.add_argument("--scale", type=float, default=1.0, help="corpus size multiplier (1.0 = shipped)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=TRAIN["lr"])
+    parser.add_argument("--tokens-per-batch", type=int, default=TRAIN["tokens_per_batch"])
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (faster, worse copying)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="test rows per task for the readiness print")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    TRAIN.update(lr=args.lr, tokens_per_batch=args.tokens_per_batch, bf16=args.bf16)
+    torch.manual_seed(SEED)
+    began = time.time()
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer)
+    early, rest = corpus(args.scale)
+    examples = encode(tokenizer, early + rest, random.Random(SEED + 2))
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {params / 1e6:.2f}M parameters; corpus: {len(examples)} examples, "
+          f"{sum(len(x) for x, _ in examples) / 1e6:.2f}M tokens", flush=True)
+    pretrain(model, tokenizer, examples, len(early))
+    trained = time.time() - began
+    report = readiness(model, tokenizer, args.eval_limit)
+    print_readiness(report)
+    info = {"seed": SEED, "scale": args.scale, "model": MODEL, "counts": COUNTS, "train": TRAIN,
+            "task_version": E.VERSION, "parameters": params, "pretrain_seconds": round(trained),
+            "readiness": report}
+    save(model, tokenizer, args.out, info)
+    print(f"wrote {args.out} in {time.time() - began:.0f}s (pretraining {trained:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
