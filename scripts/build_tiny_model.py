@@ -53,9 +53,9 @@ MODEL = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_at
 # Examples per category at scale 1 (see corpus()).
 # Short plain items are cheap and teach fast; long teacher items are fewer, weighted towards generic copying
 # (the induction/copy mechanism is what lets the teacher read a demonstration).
-COUNTS = dict(prior_plain=3000, task_plain_epochs=4, prior_teacher=250, task_teacher=400, task_copy=800,
-              generic_copy=2500, noisy=0.25, early_share=40)
-TRAIN = dict(lr=2e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.01, tokens_per_batch=1536, clip=1.0,
+COUNTS = dict(prior_plain=6000, task_plain_epochs=4, prior_teacher=250, task_teacher=400, task_copy=800,
+              generic_copy=2500, noisy=0.25, early_share=100)
+TRAIN = dict(lr=1e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.01, tokens_per_batch=1536, clip=1.0,
              bf16=False)  # small batches, many steps; bf16 autocast learned copying poorly
 
 
