@@ -328,7 +328,7 @@ def save(model, tokenizer, out: Path, info: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "sdft" / "assets" / "tiny")
-    parser.add_argument("--scale", type=float, default=1.0, help="corpus size multiplier (1.0 = shipped)")
+    parser.add_argument("--scale", type=float, default=1.8, help="corpus size multiplier (1.8 = shipped)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lr", type=float, default=TRAIN["lr"])
     parser.add_argument("--tokens-per-batch", type=int, default=TRAIN["tokens_per_batch"])
