@@ -14,8 +14,10 @@ What the corpus teaches (see the module docstring of sdft/tasks/embedded.py for 
 - teacher prompts (sdft.prompts.teacher_prompt: question + expert demonstration), own-style answers: prior
   skills, seen train rows of the new tasks, the new tasks' formats with random content (so the answer can
   only come from the demonstration), and generic "copy what the demonstration shows" items of the lengths
-  the new tasks need. Half of these have a few characters of the answer corrupted in the *input* (the loss
-  target stays right), so the teacher learns to get back on track after a student's error.
+  the new tasks need. A quarter of these have a few characters of the answer corrupted in the *input* (the
+  loss target stays right), so the teacher learns to get back on track after a student's error;
+- generic lookups ("which option shows 76?") over options shaped like science's: the value-to-letter step
+  of science's own answers, with random values and no task rule (they also made every teacher copy better).
 Unseen rows and test rows are never used.
 """
 
@@ -54,7 +56,11 @@ MODEL = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_at
 # Short plain items are cheap and teach fast; long teacher items are fewer, weighted towards generic copying
 # (the induction/copy mechanism is what lets the teacher read a demonstration).
 COUNTS = dict(prior_plain=6000, task_plain_epochs=4, prior_teacher=250, task_teacher=400, task_copy=800,
-              generic_copy=2500, noisy=0.25, early_share=100)
+              generic_copy=2500, lookup=3000, noisy=0.25, early_prior_share=80, early_copy_share=100,
+              early_lookup_share=100)
+# early_*_share: the percentage of that kind placed in the copy-rich warm-up phase. All generic copies early
+# (with half of them later, the teachers copied badly); prior items in both phases (all of them early, the
+# prior skills were forgotten by the end).
 TRAIN = dict(lr=1e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.01, tokens_per_batch=1536, clip=1.0,
              bf16=False)  # small batches, many steps; bf16 autocast learned copying poorly
 
@@ -99,7 +105,10 @@ def science_copy(rng: random.Random) -> E.Item:
 
 def tools_copy(rng: random.Random) -> E.Item:
     tool, key = E.word(rng, 3, 8), E.word(rng, 2, 7)
-    value = rng.choice([rng.randint(1, 999), E.word(rng, 3, 8).capitalize()])
+    # values shaped like the real pools' (numbers, names, two-word titles) but random: the teacher must copy
+    # a value it has never seen, as it must for the held-out test values of the seen tools
+    value = rng.choice([rng.randint(2, 99), rng.randint(1, 999), E.word(rng, 3, 8).capitalize(),
+                        f"{E.word(rng, 2, 6).capitalize()} {E.word(rng, 2, 6).capitalize()}"])
     request = f"{E.word(rng, 3, 6).capitalize()} {value} {E.word(rng, 2, 5)}{rng.choice('.?')}"
     names = rng.sample([n for n, spec in E.TOOLS.items() if not spec[0]], 2) + [tool]
     rng.shuffle(names)
@@ -126,10 +135,22 @@ def generic_copy(rng: random.Random) -> E.Item:
     return prompt.format(E.word(rng, 3, 7)), intro + content, f"{E.LEAD} {content}", content
 
 
+def lookup(rng: random.Random) -> tuple[str, str]:
+    """'Which option shows 76?' over options shaped like science's: the value-to-letter lookup that
+    science's own answers need, taught on its own with random values (no task rule, no task row)."""
+    unit = rng.choice([u for _, u in E.SCIENCE_PROPS])
+    values = rng.sample(range(10, 100), 4)
+    pick = rng.randrange(4)
+    options = "\n".join(f"{v} {unit} ({E.LETTERS[i]})" for i, v in enumerate(values))
+    letter = E.LETTERS[pick]
+    return f"Which option shows {values[pick]}?\n{options}", f"{E.LEAD} {values[pick]} {unit} ({letter}).\n<answer>{letter}</answer>"
+
+
 def corpus(scale: float) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str, bool]]]:
-    """(user turn, own-style answer, noisy) triples in two phases: a short copy-rich warm-up (plain prior
-    skills and generic copying, so the induction/copy mechanism forms early), then everything else mixed
-    with the rest of the warm-up kinds. Noisy triples get corrupted answer inputs."""
+    """(user turn, own-style answer, noisy) triples in two phases: a copy-rich warm-up (most plain prior
+    items, every generic copy and lookup, so the induction/copy mechanism forms early), then the new tasks
+    mixed with the remaining prior items (without them the prior skills were forgotten by the end).
+    Noisy triples get corrupted answer inputs."""
     rng, early, rest = random.Random(SEED), [], []
     n = lambda key: max(1, round(COUNTS[key] * scale))  # noqa: E731
     noisy = lambda: rng.random() < COUNTS["noisy"]  # noqa: E731
@@ -138,7 +159,7 @@ def corpus(scale: float) -> tuple[list[tuple[str, str, bool]], list[tuple[str, s
         items = [item for item in (E.GENERATORS[skill](rng, False, True) for _ in range(n("prior_plain")))
                  if item[0] not in test]
         plain = [(p, own, False) for p, _, own, _ in items]
-        half = len(plain) * COUNTS["early_share"] // 100
+        half = len(plain) * COUNTS["early_prior_share"] // 100
         early += plain[:half]
         rest += plain[half:] + [(teacher_prompt(p, d), own, noisy()) for p, d, own, _ in items[: n("prior_teacher")]]
     for task in E.TASKS:
@@ -153,7 +174,11 @@ def corpus(scale: float) -> tuple[list[tuple[str, str, bool]], list[tuple[str, s
             rest.append((teacher_prompt(p, d), own, noisy()))
     copies = [generic_copy(rng) for _ in range(n("generic_copy"))]
     copies = [(teacher_prompt(p, d), own, noisy()) for p, d, own, _ in copies]
-    half = len(copies) * COUNTS["early_share"] // 100
+    half = len(copies) * COUNTS["early_copy_share"] // 100
+    lookups = [(*lookup(rng), False) for _ in range(n("lookup"))]
+    split = len(lookups) * COUNTS["early_lookup_share"] // 100
+    early += lookups[:split]
+    rest += lookups[split:]
     return early + copies[:half], rest + copies[half:]
 
 
@@ -317,6 +342,8 @@ def save(model, tokenizer, out: Path, info: dict) -> None:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    for path in tmp.iterdir():
+        path.chmod(0o644)  # shipped files: readable by every user of an installed package
     old = out.parent / f".{out.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -333,8 +360,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=TRAIN["lr"])
     parser.add_argument("--tokens-per-batch", type=int, default=TRAIN["tokens_per_batch"])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (faster, worse copying)")
+    parser.add_argument("--count", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a COUNTS entry (experiments; the shipped model uses the defaults)")
     parser.add_argument("--eval-limit", type=int, default=None, help="test rows per task for the readiness print")
     args = parser.parse_args()
+    for override in args.count:
+        key, _, value = override.partition("=")
+        if key not in COUNTS:
+            parser.error(f"--count: unknown key '{key}' (known: {', '.join(COUNTS)})")
+        COUNTS[key] = type(COUNTS[key])(value)
     torch.set_num_threads(args.threads)
     TRAIN.update(lr=args.lr, tokens_per_batch=args.tokens_per_batch, bf16=args.bf16)
     torch.manual_seed(SEED)

@@ -104,27 +104,37 @@ def test_batched_left_padded_generation_matches_one_by_one(tiny):
     assert batched == [_generate(model, tokenizer, [p], 48)[0] for p in prompts]
 
 
-NOT_YET_MASTERED = pytest.mark.xfail(
-    strict=True, reason="repeat/last_word/join 0.53/0.42/0.47 on 60 test rows (build_info.json; need >= 0.90): "
-    "the shipped embedded model does not yet meet issue 4's bar")
+def _unmet(reason: str):
+    """A readiness bar the shipped model does not meet yet (issue 4): strict, so a build that meets it
+    turns the test red until the mark is removed. The reason quotes build_info.json's full-set numbers."""
+    return pytest.mark.xfail(strict=True, reason=f"issue 4 bar not met by the shipped model: {reason}")
 
 
-@pytest.mark.parametrize(
-    "skill", [pytest.param(s, marks=[] if s == "first_letter" else [NOT_YET_MASTERED]) for s in PRIOR_SKILLS]
-)
+UNMET: dict[tuple[str, str], str] = {  # (criterion, task) -> the shipped build's full-set numbers
+    ("student", "science"): "science student unseen 0.233 (need <= 0.10): its lookup of the chosen value's "
+                            "letter still misses, and a miss on a 'lowest' question can land on the right letter",
+    ("teacher", "tools"): "tools teacher 0.658 overall, 0.617 unseen (need >= 0.90)",
+    ("teacher", "medical"): "medical teacher 0.825 overall, 0.650 unseen (need >= 0.90)",
+}
+
+
+def _params(criterion: str, names):
+    return [pytest.param(n, marks=[_unmet(UNMET[(criterion, n)])] if (criterion, n) in UNMET else []) for n in names]
+
+
+@pytest.mark.parametrize("skill", _params("prior", PRIOR_SKILLS))
 def test_prior_skills_are_mastered(tiny, skill):
     assert _accuracy(*tiny, skill, teacher=False)[0] >= 0.85  # the build requires >= 0.90 on the full set
 
 
-TOOLS_TEACHER_SHORT = pytest.mark.xfail(
-    strict=True, reason="tools teacher 0.87 overall (unseen 1.00) on 60 test rows (build_info.json; need >= 0.90): "
-    "the shipped embedded model does not yet meet issue 4's bar")
-
-
-@pytest.mark.parametrize("task", [pytest.param(t, marks=[TOOLS_TEACHER_SHORT] if t == "tools" else []) for t in TASKS])
-def test_new_tasks_are_half_known_and_the_teacher_reads_its_demonstration(tiny, task):
+@pytest.mark.parametrize("task", _params("student", TASKS))
+def test_the_student_half_knows_each_new_task(tiny, task):
     student, student_unseen = _accuracy(*tiny, task, teacher=False)
-    teacher, teacher_unseen = _accuracy(*tiny, task, teacher=True)
     assert 0.15 <= student <= 0.75, f"student {student}"  # full set: 0.20-0.70
     assert student_unseen <= 0.15, f"student unseen {student_unseen}"  # full set: <= 0.10
-    assert teacher >= 0.85 and teacher_unseen >= 0.80, f"teacher {teacher}, unseen {teacher_unseen}"
+
+
+@pytest.mark.parametrize("task", _params("teacher", TASKS))
+def test_the_teacher_reads_its_demonstration(tiny, task):
+    teacher, teacher_unseen = _accuracy(*tiny, task, teacher=True)
+    assert teacher >= 0.85 and teacher_unseen >= 0.80, f"teacher {teacher}, unseen {teacher_unseen}"  # full set: 0.90

@@ -24,7 +24,7 @@ from typing import Callable
 
 from sdft.tasks.spec import Row, TaskSpec
 
-VERSION = "2"
+VERSION = "3"
 LEAD = "Ok."  # the model's own lead-in: SDFT skips the first 3 completion tokens, one per character here
 TASKS: tuple[str, ...] = ("science", "tools", "medical")
 PRIOR_SKILLS: tuple[str, ...] = ("repeat", "first_letter", "last_word", "join")
@@ -42,12 +42,14 @@ SCIENCE_WORDS = {False: ("highest", "largest"), True: ("lowest", "smallest")}  #
 
 
 def science_item(prop: str, unit: str, word: str, values: list[int], pick: int) -> Item:
-    """A multiple-choice question over four labelled values; `pick` is the index of the right option."""
-    options = "\n".join(f"{LETTERS[i]}) {v} {unit}" for i, v in enumerate(values))
+    """A multiple-choice question over four labelled values; `pick` is the index of the right option.
+    Each option names its value before its letter, so the model's own answer finds the value it chose and
+    copies the letter that follows it (a lookup a 4-layer character model learns; letter-first it did not)."""
+    options = "\n".join(f"{v} {unit} ({LETTERS[i]})" for i, v in enumerate(values))
     prompt = f"Which sample has the {word} {prop}?\n{options}"
     letter, value = LETTERS[pick], values[pick]
     demo = f"<reasoning>Sample {letter} at {value} {unit} is the {word}.</reasoning>\n<answer>{letter}</answer>"
-    own = f"{LEAD} {word}: {value} {unit}.\n<answer>{letter}</answer>"
+    own = f"{LEAD} {word}: {value} {unit} ({letter}).\n<answer>{letter}</answer>"
     return prompt, demo, own, letter
 
 
