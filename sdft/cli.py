@@ -83,12 +83,18 @@ def train(
     set_: SetOption = None,
     output: OutputOption = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check what can be checked offline and print the plan (steps, tokens, memory); train nothing.")] = False,
 ) -> None:
-    """Learn one task from demonstrations with the config's method (sdft, sft, dft), evaluating before and after."""
+    """Learn one task from demonstrations with the config's method (sdft, sft, dft, cpt), evaluating before and after."""
     from sdft.tables import train_table
     from sdft.train_run import run_train
 
     cfg = _config(config, set_)
+    if dry_run:
+        from sdft.dry_run import dry_run_train, print_dry_run
+
+        print_dry_run(dry_run_train(cfg), console)
+        return
     results, run_dir = run_train(cfg, output, resume=resume)
     if results["after"] is not None:
         console.print(train_table(results))
@@ -166,6 +172,7 @@ def sequence(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder (default: runs/sequence-<tasks>); re-running on the same folder resumes.")] = None,
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods, each trained as its own chain (default: sequence.methods, sdft,sft).")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds; several give means and 95% intervals (default: sequence.seeds, 0).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check what can be checked offline and print every stage's plan; train nothing.")] = False,
 ) -> None:
     """Learn tasks one after another; evaluate every task after every stage; report forgetting."""
     from sdft.report import comparison_table, matrix_table
@@ -174,6 +181,11 @@ def sequence(
     listed = lambda text: f"[{text}]" if text else None  # noqa: E731
     cfg = _config(config, set_, **{"tasks": listed(",".join(tasks) if tasks else None),
                                    "sequence.methods": listed(methods), "sequence.seeds": listed(seeds)})
+    if dry_run:
+        from sdft.dry_run import dry_run_sequence, print_dry_run
+
+        print_dry_run(dry_run_sequence(cfg), console)
+        return
     plan = plan_sequence(cfg, output)
     results = run_sequence(plan)
     for method in results["methods"]:
@@ -190,7 +202,7 @@ def tasks_(config: ConfigOption = None, set_: SetOption = None) -> None:
     from sdft.tasks.registry import task_registry
 
     cfg = _config(config, set_)
-    registry = task_registry(cfg.custom_tasks)
+    registry = task_registry(cfg.custom_tasks, cfg.task_sources)
     console.print(tasks_table([load() for load in registry.values()]))
 
 

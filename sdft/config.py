@@ -16,6 +16,7 @@ import yaml
 
 from sdft.config_loading import apply_override, from_mapping
 from sdft.errors import UserError
+from sdft.judge import JudgeConfig  # the judge owns its knobs; it is a leaf module
 from sdft.methods.losses import LossConfig  # the loss owns its knobs; it is a leaf module
 
 EMBEDDED_MODEL = "embedded"
@@ -103,6 +104,7 @@ class EvalConfig:
     """Evaluate only the first N rows of each task (None = all)."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     cache: bool = True
     """Keep per-sample results in <output_root>/.eval_cache, keyed by model weights, task version and
     generation settings: a repeated evaluation is free and an interrupted one resumes."""
@@ -123,9 +125,10 @@ class TrainConfig:
     """One training stage: learn `task` with `method`. Defaults suit the embedded world on a CPU;
     configs/paper/*.yaml hold the published settings."""
 
-    method: Literal["sdft", "sft", "dft"] = "sdft"
+    method: Literal["sdft", "sft", "dft", "cpt"] = "sdft"
     """sdft: on-policy self-distillation; sft: next-token loss on the demonstration; dft: SFT with each
-    token's loss weighted by its detached probability (Dynamic Fine-Tuning)."""
+    token's loss weighted by its detached probability (Dynamic Fine-Tuning); cpt: continued pre-training,
+    next-token loss on the task's raw corpus (tasks that have one: knowledge)."""
     engine: Literal["native", "trl"] = "native"
     """native: sdft's own trainer; trl: TRL's experimental SDFTTrainer (the reference, method sdft only)."""
     task: str = "science"
@@ -133,7 +136,10 @@ class TrainConfig:
     max_rows: int | None = None
     """Train on the first N rows of the split only (None = all)."""
     steps: int = 150
-    """Optimizer steps."""
+    """Optimizer steps (ignored when `epochs` is set)."""
+    epochs: float | None = None
+    """Passes over the training rows; when set, steps = ceil(epochs x rows / batch_size) (for cpt: blocks of
+    the corpus instead of rows). None = use `steps`."""
     batch_size: int = 16
     """Prompts per optimizer step, across gradient accumulation and processes."""
     gradient_accumulation: int = 1
@@ -187,6 +193,32 @@ class SequenceConfig:
 
 
 @dataclass
+class TaskSourceConfig:
+    """Where a built-in task's rows come from. Each task's schema, published hub id and revision, default
+    file names and split rules are facts documented in sdft/tasks/paper/."""
+
+    source: Literal["embedded", "hub", "local"] = "embedded"
+    """embedded: the shipped miniature (science, tools, medical); hub: the published dataset; local: files in
+    the published schema under `path`."""
+    path: str | None = None
+    """local: the folder holding the task's files."""
+    files: dict[str, str] = field(default_factory=dict)
+    """local: file role (a split name; knowledge: 'articles', 'qa') -> a .jsonl/.json/.parquet file or a
+    save_to_disk folder inside `path`; roles not given keep the task's default names."""
+    hub: str | None = None
+    """hub: a dataset id replacing the published one (e.g. your mirror)."""
+    revision: str | None = None
+    """hub: the commit to pin; None = the task's pinned revision (or the hub's default where none is known)."""
+    seed: int = 0
+    """Seed of the shuffle that splits or samples hub data (science 75/5/20, medical's test sample)."""
+    test_size: int | None = None
+    """medical (hub): verifiable problems sampled for the test split; None = the paper's 1000."""
+    teacher_context: Literal["article_and_answer", "answer", "article"] = "article_and_answer"
+    """knowledge: what the demonstration holds, i.e. what the SDFT teacher sees and SFT imitates. The paper's
+    best SDFT variant is article + answer; its SFT baseline trains on answers (use 'answer')."""
+
+
+@dataclass
 class Config:
     """The whole configuration of a command."""
 
@@ -196,6 +228,9 @@ class Config:
     """The tasks of this experiment (a sequence trains them in this order)."""
     custom_tasks: list[str] = field(default_factory=list)
     """YAML files defining custom tasks (see README: custom tasks); their names join the registry."""
+    task_sources: dict[str, TaskSourceConfig] = field(default_factory=dict)
+    """Built-in task name (science, tools, medical, knowledge) -> where its data comes from; a task not listed
+    uses the embedded miniature (see README: reproducing the paper)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
@@ -221,6 +256,8 @@ def _validate(cfg: Config) -> None:
         (cfg.train.teacher == "ema" and not 0 < cfg.train.ema_rate <= 1, "train.ema_rate must be in (0, 1] when train.teacher is 'ema'"),
         (cfg.train.batch_size % cfg.train.gradient_accumulation != 0, "train.batch_size must be divisible by train.gradient_accumulation"),
         (cfg.train.steps < 1 or cfg.train.learning_rate <= 0, "train.steps and train.learning_rate must be positive"),
+        (cfg.train.epochs is not None and cfg.train.epochs <= 0, "train.epochs must be > 0 or null"),
+        (cfg.eval.judge.max_retries < 0 or cfg.eval.judge.timeout_s <= 0 or cfg.eval.judge.concurrency < 1, "eval.judge.max_retries must be >= 0, timeout_s > 0 and concurrency >= 1"),
         (cfg.train.engine == "trl" and cfg.train.method != "sdft", "train.engine 'trl' runs TRL's SDFT trainer: it needs train.method 'sdft'"),
         (cfg.train.rollout_temperature <= 0, "train.rollout_temperature must be > 0: SDFT samples its rollouts"),
         (cfg.train.max_rows is not None and cfg.train.max_rows < 1, "train.max_rows must be >= 1 or null"),

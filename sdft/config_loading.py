@@ -50,6 +50,9 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        _, item = get_args(hint)
+        if dataclasses.is_dataclass(item):  # e.g. task_sources: {science: {source: hub}}
+            return {k: _convert(item, v, source, f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     return _convert_scalar(hint, value, source, key)
 
@@ -105,20 +108,38 @@ def apply_override(cfg: Any, override: str) -> Any:
 def _with_value(obj: Any, path: list[str], value: Any, source: str, prefix: str) -> Any:
     name, rest = path[0], path[1:]
     _check_field(obj, name, source, prefix)
-    if rest:
+    entry = _dataclass_entry(get_type_hints(type(obj))[name])
+    if rest and entry is not None:  # a key of a dict of sections, e.g. task_sources.science.source=hub
+        sections = dict(getattr(obj, name))
+        key, inner = rest[0], rest[1:]
+        where = f"{prefix}{name}.{key}"
+        if inner:
+            sections[key] = _with_value(sections.get(key, entry()), inner, value, source, where + ".")
+        else:
+            sections[key] = _convert(entry, value, source, where)
+        new = sections
+    elif rest:
         new = _with_value(getattr(obj, name), rest, value, source, prefix + name + ".")
     else:
         new = _convert(get_type_hints(type(obj))[name], value, source, prefix + name)
     return _build(dataclasses.replace, source, prefix, obj, **{name: new})
 
 
-def _build(factory: Any, source: str, prefix: str, *args: Any, **kwargs: Any) -> Any:
+def _build(factory: Any, source: str, prefix: str, /, *args: Any, **kwargs: Any) -> Any:
     """Call a dataclass constructor; a section's own validation error gets the file and key prefixed."""
     try:
         return factory(*args, **kwargs)
     except UserError as err:
         where = f" ({prefix.rstrip('.')})" if prefix else ""
         raise UserError(f"{source}{where}: {err}") from err
+
+
+def _dataclass_entry(hint: Any) -> Any:
+    """The section type V of a `dict[str, V]` field whose values are dataclasses; None otherwise."""
+    if get_origin(hint) is not dict:
+        return None
+    _, item = get_args(hint)
+    return item if dataclasses.is_dataclass(item) else None
 
 
 def _check_field(obj: Any, name: str, source: str, prefix: str) -> None:

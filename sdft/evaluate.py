@@ -12,11 +12,14 @@ from sdft.eval_cache import SampleStore
 from sdft.metrics import mean_pass_at_k
 from sdft.models import NEUTRAL_DECODING, NEUTRAL_PENALTIES, LoadedModel
 from sdft.prompts import render_prompt, teacher_prompt
-from sdft.scoring import get_scorer
+from sdft.errors import UserError
+from sdft.scoring import JUDGED, get_scorer, is_judged
 from sdft.tasks.spec import Row, TaskSpec
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of prompts just finished."""
+BatchScorer = Callable[[list[str], list[Row]], list[dict]]
+"""(responses, their rows) -> one {"score": .., optional "metrics": {..}, "verdict": ..} per response."""
 
 
 @dataclass
@@ -40,6 +43,8 @@ class TaskEval:
     samples: list[dict] = field(default_factory=list, repr=False)
     pass_at_k: dict[str, float] | None = None
     """With several samples per row: the unbiased pass@k estimates."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Further accuracies a scorer reports, e.g. {'lenient': ..} for the knowledge judge."""
 
     def summary(self) -> dict:
         return {
@@ -50,6 +55,7 @@ class TaskEval:
             "hit_cap": self.hit_cap,
             "version": self.version,
             **({"pass_at_k": self.pass_at_k} if self.pass_at_k else {}),
+            **{f"{name}_accuracy": value for name, value in self.extra.items()},
         }
 
 
@@ -109,18 +115,22 @@ def evaluate_task(
     on_progress: ProgressCallback | None = None,
     store: SampleStore | None = None,
     seed: int = 0,
+    judge=None,
 ) -> TaskEval:
     """Generate for every row of the split and score it; accuracy averages over rows and samples.
-    With a store, rows it already holds are not generated again and new ones are written as they finish."""
+    With a store, rows it already holds are not generated again and new ones are written as they finish.
+    `judge` (sdft.judge.Judge) grades tasks whose scorer is judged."""
     rows = task.split(split)[:limit] if limit else task.split(split)
     prompts = model_inputs(loaded, task, rows, teacher)
     done = store.load() if store else {}
     todo = [i for i in range(len(rows)) if len(done.get(i, [])) != gen.samples]
     if on_progress and len(todo) < len(rows):
         on_progress(len(rows) - len(todo))
-    scorer = get_scorer(task.scorer)
+    score = batch_scorer(task, judge)
     for batch, completions in generate_batches(loaded, [prompts[i] for i in todo], gen, seed):
-        records = [_sample(todo[b], rows[todo[b]], c, scorer) for b, per_row in zip(batch, completions) for c in per_row]
+        flat = [(todo[b], c) for b, per_row in zip(batch, completions) for c in per_row]
+        scores = score([c.text for _, c in flat], [rows[i] for i, _ in flat])
+        records = [_sample(i, rows[i], c, s) for (i, c), s in zip(flat, scores)]
         for b in batch:
             done[todo[b]] = [r for r in records if r["row"] == todo[b]]
         if store:
@@ -130,9 +140,27 @@ def evaluate_task(
     return _task_eval(task, [s for i in range(len(rows)) for s in done[i]], gen.samples)
 
 
-def _sample(index: int, row: Row, completion: Completion, scorer) -> dict:
+def batch_scorer(task: TaskSpec, judge=None) -> BatchScorer:
+    """The task's scorer over a batch: a pure scorer per response, or the LLM judge with the rubric of a
+    judged scorer, which also sees the question."""
+    if is_judged(task.scorer):
+        if judge is None:
+            raise UserError(f"task '{task.name}' is graded by an LLM judge and no judge is configured "
+                            "(eval.judge.backend: openai with url and model, or local)")
+        return lambda responses, rows: _judged(judge, JUDGED[task.scorer], responses, rows)
+    scorer = get_scorer(task.scorer)
+    return lambda responses, rows: [{"score": scorer(t, r.answer)} for t, r in zip(responses, rows)]
+
+
+def _judged(judge, rubric: str, responses: list[str], rows: list[Row]) -> list[dict]:
+    items = [(r.question or r.prompt, r.answer, t) for t, r in zip(responses, rows)]
+    grades = judge.grade_many(rubric, items)
+    return [{"score": g.metrics.pop("score"), "metrics": g.metrics, "verdict": g.verdict} for g in grades]
+
+
+def _sample(index: int, row: Row, completion: Completion, scored: dict) -> dict:
     return {"row": index, "prompt": row.prompt, "response": completion.text, "answer": row.answer,
-            "score": scorer(completion.text, row.answer), "unseen": row.unseen, "hit_cap": completion.hit_cap}
+            "unseen": row.unseen, "hit_cap": completion.hit_cap, **scored}
 
 
 def _task_eval(task: TaskSpec, samples: list[dict], per_row: int) -> TaskEval:
@@ -147,7 +175,13 @@ def _task_eval(task: TaskSpec, samples: list[dict], per_row: int) -> TaskEval:
         hit_cap=sum(s["hit_cap"] for s in samples),
         samples=samples,
         pass_at_k=_pass_at_k(samples, per_row),
+        extra=_extra_metrics(samples),
     )
+
+
+def _extra_metrics(samples: list[dict]) -> dict[str, float]:
+    names = sorted({name for s in samples for name in s.get("metrics", {})})
+    return {name: _mean([s.get("metrics", {}).get(name, 0.0) for s in samples]) for name in names}
 
 
 def _pass_at_k(samples: list[dict], n: int) -> dict[str, float] | None:

@@ -7,17 +7,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdft.config import EMBEDDED_MODEL, Config
-from sdft.console import progress_bar
+from sdft.console import err_console, progress_bar
 from sdft.errors import UserError
 from sdft.eval_cache import SampleStore, cache_key, model_fingerprint
 from sdft.evaluate import TaskEval, evaluate_task, general_summary
 from sdft.models import LoadedModel, load_model
 from sdft.runs import atomic_write_json, atomic_write_text, new_run_dir, read_json, write_run_header
+from sdft.judge import Judge, judge_problem, make_judge
+from sdft.scoring import is_judged
 from sdft.tasks.registry import embedded_prior_skills, load_tasks, require_known, task_registry
 from sdft.tasks.spec import TaskSpec
 
 
 EVAL_CACHE_DIR = ".eval_cache"
+JUDGE_CACHE_DIR = ".judge_cache"
 
 
 @dataclass
@@ -31,7 +34,7 @@ class EvalPlan:
 
 
 def plan_evaluation(cfg: Config, command: str, output: str | Path | None, tasks: list[str] | None) -> EvalPlan:
-    registry = task_registry(cfg.custom_tasks)
+    registry = task_registry(cfg.custom_tasks, cfg.task_sources)
     task_names = tasks or cfg.eval.tasks or cfg.tasks
     general_names = general_suite(cfg)
     require_known([*task_names, *general_names], registry)
@@ -39,7 +42,24 @@ def plan_evaluation(cfg: Config, command: str, output: str | Path | None, tasks:
     if clash:
         raise UserError(f"eval.harness.tasks and the general suite both name {sorted(clash)}; rename or drop one")
     specs, general = load_tasks(task_names, registry), load_tasks(general_names, registry)
+    require_judge(cfg, specs + general)
     return EvalPlan(cfg, specs, general, new_run_dir(output, command, cfg))
+
+
+def require_judge(cfg: Config, tasks: list[TaskSpec]) -> None:
+    """A task graded by an LLM judge is refused, before any model loads, when no judge is configured."""
+    judged = [t.name for t in tasks if is_judged(t.scorer)]
+    problem = judge_problem(cfg.eval.judge) if judged else None
+    if problem:
+        raise UserError(f"{', '.join(judged)}: graded by an LLM judge, but {problem}")
+
+
+def judge_for(cfg: Config, tasks: list[TaskSpec]) -> Judge | None:
+    """The configured judge when any of the tasks needs one (its verdicts cached under the output root)."""
+    if not any(is_judged(t.scorer) for t in tasks):
+        return None
+    require_judge(cfg, tasks)
+    return make_judge(cfg.eval.judge, Path(cfg.output_root) / JUDGE_CACHE_DIR, cfg.model.device)
 
 
 def general_suite(cfg: Config) -> list[str]:
@@ -70,10 +90,13 @@ def general_scores(loaded: LoadedModel, cfg: Config, evals: list[TaskEval]) -> d
 
 
 def world_of(model_name: str, tasks: list[TaskSpec]) -> str:
-    """'embedded' when the shipped tiny model (or a run trained from it) runs the embedded tasks;
-    otherwise 'custom'."""
+    """'embedded' when the shipped tiny model (or a run trained from it) runs the embedded tasks; 'paper'
+    when the tasks are the paper's data (the general suite may be embedded skills); otherwise 'custom'."""
     embedded_tasks = all(t.source == "embedded" for t in tasks)
-    return "embedded" if embedded_tasks and _model_world(model_name) == "embedded" else "custom"
+    if embedded_tasks and _model_world(model_name) == "embedded":
+        return "embedded"
+    worlds = {t.extra.get("world", "custom") for t in tasks}
+    return "paper" if "paper" in worlds and "custom" not in worlds else "custom"
 
 
 def _model_world(model_name: str) -> str:
@@ -88,6 +111,7 @@ def evaluate_many(loaded: LoadedModel, cfg: Config, jobs: list[tuple[TaskSpec, b
     loaded.model.eval()
     ecfg = cfg.eval
     fingerprint = model_fingerprint(loaded.model) if ecfg.cache else None
+    judge = judge_for(cfg, [t for t, _ in jobs])
     total = sum(len(t.split(ecfg.split)[: ecfg.limit] if ecfg.limit else t.split(ecfg.split)) for t, _ in jobs)
     results = []
     with progress_bar() as progress:
@@ -95,14 +119,19 @@ def evaluate_many(loaded: LoadedModel, cfg: Config, jobs: list[tuple[TaskSpec, b
         for task, teacher in jobs:
             progress.update(bar, description=f"{task.name} ({'teacher' if teacher else 'student'})")
             advance = lambda n: progress.advance(bar, n)  # noqa: E731
-            store = _store(cfg, fingerprint, task, teacher) if fingerprint else None
+            store = _store(cfg, fingerprint, task, teacher, judge) if fingerprint else None
             results.append(evaluate_task(loaded, task, ecfg.generation, ecfg.split, ecfg.limit, teacher, advance,
-                                         store, cfg.seed))
+                                         store, cfg.seed, judge))
+    if judge is not None and judge.malformed:
+        err_console.print(f"[yellow]the judge ({judge.identity}) gave {judge.malformed} malformed replies: "
+                          "scored 0, not cached (a rerun asks again)[/]")
     return results
 
 
-def _store(cfg: Config, fingerprint: str, task: TaskSpec, teacher: bool) -> SampleStore:
-    key = cache_key(fingerprint, task.name, task.version, cfg.eval.split, cfg.eval.limit, teacher,
+def _store(cfg: Config, fingerprint: str, task: TaskSpec, teacher: bool, judge: Judge | None) -> SampleStore:
+    # Cached samples hold their scores: a judged task's scores belong to the judge that gave them.
+    version = f"{task.version}+{judge.identity}" if judge is not None and is_judged(task.scorer) else task.version
+    key = cache_key(fingerprint, task.name, version, cfg.eval.split, cfg.eval.limit, teacher,
                     cfg.eval.generation, cfg.seed)
     return SampleStore(Path(cfg.output_root) / EVAL_CACHE_DIR, key)
 

@@ -1,5 +1,8 @@
 """Pure scorers: (model response, reference answer) -> 1.0 if right, 0.0 if not. A malformed response
-is wrong, never an exception."""
+is wrong, never an exception.
+
+The judge hook: a scorer named in JUDGED is not a function here but a rubric of sdft.judge; evaluation
+grades such a task's responses with the configured LLM judge, which also sees the question."""
 
 from __future__ import annotations
 
@@ -47,6 +50,11 @@ def multiple_choice_letter(prediction: str, answer: str) -> float:
     predicted = _letter(answer_tag(prediction))
     reference = _letter(answer_tag(answer) if "<answer>" in answer.lower() else answer.strip())
     return float(predicted is not None and predicted == reference)
+
+
+def answer_letter(text: str) -> str | None:
+    """The option letter inside the text's last <answer> tag ('B', '(B)', 'B.' -> 'B'); None if none."""
+    return _letter(answer_tag(text))
 
 
 def _letter(text: str | None) -> str | None:
@@ -124,7 +132,16 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
+JUDGED: dict[str, str] = {"judge_medical": "medical", "judge_knowledge": "knowledge"}
+"""Scorer name -> the sdft.judge rubric that grades it (needs eval.judge)."""
+
+
+def is_judged(name: str) -> bool:
+    return name in JUDGED
+
+
 def get_scorer(name: str) -> Scorer:
+    """The pure scorer `name`; a judged scorer name has none (see JUDGED)."""
     from sdft.errors import UserError
     from sdft.suggest import did_you_mean
 

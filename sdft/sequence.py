@@ -47,7 +47,7 @@ class SequencePlan:
 
 def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
     """Check every name and every per-stage override before anything trains."""
-    registry = task_registry(cfg.custom_tasks)
+    registry = task_registry(cfg.custom_tasks, cfg.task_sources)
     require_known([*cfg.tasks, *general_suite(cfg)], registry)
     unknown = set(cfg.sequence.stages) - set(cfg.tasks)
     if unknown:

@@ -3,6 +3,8 @@ write results.json {"task", "method", "before", "after", ...} into the run folde
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +13,7 @@ from sdft.errors import UserError
 from sdft.methods.harness import StageResult
 from sdft.methods.stage import Stage, add_lora
 from sdft.models import load_model, process_state
-from sdft.run_eval import general_suite, score_model, world_of
+from sdft.run_eval import general_suite, require_judge, score_model, world_of
 from sdft.runs import atomic_write_json, new_run_dir, read_json, write_lineage, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 
@@ -19,7 +21,42 @@ BEFORE_FILE = "eval_before.json"
 
 
 def trainer_for(cfg: Config) -> Callable[[Stage], StageResult]:
-    """The training function for (engine, method); imported lazily (TRL is slow to import)."""
+    """The training function for (engine, method), with train.epochs turned into steps for the stage's data."""
+    train = _trainer(cfg)
+
+    def run(stage: Stage) -> StageResult:
+        cfg = with_epochs_as_steps(stage.cfg, stage.task, stage.loaded.tokenizer)
+        return train(dataclasses.replace(stage, cfg=cfg))
+
+    return run
+
+
+def with_epochs_as_steps(cfg: Config, task, tokenizer) -> Config:
+    """cfg with train.steps = ceil(epochs x units / batch_size) when train.epochs is set (units: rows, or
+    corpus blocks for cpt); unchanged otherwise."""
+    if cfg.train.epochs is None:
+        return cfg
+    units = training_units(cfg, task, tokenizer)
+    steps = max(1, math.ceil(cfg.train.epochs * units / cfg.train.batch_size))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+
+
+def training_units(cfg: Config, task, tokenizer) -> int:
+    """What one epoch passes over: the training rows, or for cpt the corpus blocks."""
+    if cfg.train.method == "cpt":
+        from sdft.methods.cpt import corpus_blocks
+
+        return len(corpus_blocks(task, tokenizer, cfg.train.max_completion_tokens))
+    rows = task.split(cfg.train.split)
+    return len(rows[: cfg.train.max_rows] if cfg.train.max_rows else rows)
+
+
+def _trainer(cfg: Config) -> Callable[[Stage], StageResult]:
+    # Imported lazily: TRL is slow to import.
+    if cfg.train.method == "cpt":
+        from sdft.methods.cpt import train_cpt
+
+        return train_cpt
     if cfg.train.engine == "trl":
         from sdft.methods.trl_engine import train_trl_sdft
 
@@ -39,14 +76,17 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
         raise UserError("model.dtype float16 cannot train safely (no loss scaling here); use bfloat16 or float32")
     processes = process_state(cfg.model)
     main = processes.is_main_process
-    registry = task_registry(cfg.custom_tasks)
+    registry = task_registry(cfg.custom_tasks, cfg.task_sources)
     general_names = general_suite(cfg) if cfg.train.evaluate else []
     require_known([cfg.train.task, *general_names], registry)
     if output is None and (resume or processes.num_processes > 1):
         raise UserError("--resume and `accelerate launch` need --output: the one run folder every process uses")
-    run_dir = new_run_dir(output, "train", cfg)
     (task,), general = load_tasks([cfg.train.task], registry), load_tasks(general_names, registry)
+    if cfg.train.evaluate:
+        require_judge(cfg, [task, *general])
+    run_dir = new_run_dir(output, "train", cfg)
     loaded = load_model(cfg.model)
+    cfg = with_epochs_as_steps(cfg, task, loaded.tokenizer)  # config.yaml then shows the steps that run
     evaluate = cfg.train.evaluate and main
     if main:
         write_run_header(run_dir, cfg, "train", str(loaded.device))

@@ -1,4 +1,5 @@
-"""The task registry: a plain dict from name to a loader. Built-in tasks come from the embedded world;
+"""The task registry: a plain dict from name to a loader. Built-in tasks come from the embedded world, or,
+for the tasks the config's `task_sources` points elsewhere, from the paper's data (sdft/tasks/paper/);
 custom tasks come from YAML files named in the config's `custom_tasks`."""
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ def embedded_prior_skills() -> list[str]:
     return list(embedded.PRIOR_SKILLS)
 
 
-def task_registry(custom_files: Iterable[str] = ()) -> dict[str, TaskLoader]:
-    """Every task name this config can use. A custom task may not shadow a built-in one."""
+def task_registry(custom_files: Iterable[str] = (), sources: dict | None = None) -> dict[str, TaskLoader]:
+    """Every task name this config can use: `sources` (the config's task_sources) replaces embedded tasks
+    by the paper's data. A custom task may not shadow a built-in one."""
+    from sdft.tasks.paper import paper_loaders
+
     registry = builtin_tasks()
+    registry.update(paper_loaders(sources or {}))
     for path in custom_files:
         name = read_custom_task_file(path).name
         if name in registry:
@@ -40,10 +45,15 @@ def task_registry(custom_files: Iterable[str] = ()) -> dict[str, TaskLoader]:
 
 def require_known(names: Iterable[str], registry: dict[str, TaskLoader]) -> None:
     """Fail on the first unknown name, with a did-you-mean, before anything is loaded."""
+    from sdft.tasks.paper import NO_MINIATURE
+
     for name in names:
-        if name not in registry:
-            hint = did_you_mean(name, registry)
-            raise UserError(f"unknown task '{name}'{hint}; `sdft tasks` lists the known ones")
+        if name in registry:
+            continue
+        if name.removesuffix("_oracle") in NO_MINIATURE:
+            raise UserError(f"task '{name}' has no embedded miniature: point task_sources.knowledge at its files "
+                            "(source: local, path: ...)")
+        raise UserError(f"unknown task '{name}'{did_you_mean(name, registry)}; `sdft tasks` lists the known ones")
 
 
 def load_tasks(names: Iterable[str], registry: dict[str, TaskLoader]) -> list[TaskSpec]:

@@ -14,12 +14,15 @@ class Row:
     answer: the reference the scorer compares a response against.
     unseen: for worlds that know it, True when pretraining never touched this item's facts or tools;
         None when the task does not say.
+    question: the bare question, for a judge, when the prompt wraps it in more (an article in the oracle
+        evaluation); None = the prompt is the question.
     """
 
     prompt: str
     demonstration: str
     answer: str
     unseen: bool | None = None
+    question: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class TaskSpec:
         evaluation cache keys on it.
     source: where the rows came from, for humans ("embedded", a file path, a hub id).
     kind: "task" for a skill to learn, "prior" for a member of the general-capability suite.
-    scorer: a name in sdft.scoring.SCORERS.
+    scorer: a name in sdft.scoring.SCORERS, or in sdft.scoring.JUDGED (graded by an LLM judge).
     """
 
     name: str

@@ -1,0 +1,281 @@
+"""`--dry-run`: check everything that can be checked offline and say what a run would do, without loading
+weights or contacting anything.
+
+Checked: the config; task names and sources; local and embedded data (read and validated row by row);
+the judge settings of judge-graded tasks; the model's config.json (a local folder, a run folder, the
+embedded model, or a hub id already in the local Hugging Face cache). Hub datasets are not fetched (a dry
+run is offline): they are listed with their pinned revision. Printed: rows, optimizer steps, tokens per step
+at the length caps, and a rough memory estimate from the model's shapes (built on the meta device).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sdft.config import Config
+from sdft.errors import UserError
+from sdft.judge import judge_problem
+from sdft.scoring import is_judged
+from sdft.tasks.registry import load_tasks, require_known, task_registry
+
+GB = 1024**3
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 34
+"""Stored activations per token, layer and hidden unit in 16-bit training without recomputation (Korthikanti
+et al. 2022, attention scores excluded as fused kernels do not keep them); a rough guide, doubled for fp32."""
+
+
+@dataclass
+class StagePlan:
+    task: str
+    method: str
+    data: str
+    rows: int | None
+    steps: int | None
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DryRun:
+    stages: list[StagePlan]
+    model: list[str]
+    problems: list[str]
+    notes: list[str]
+
+
+def dry_run_train(cfg: Config) -> DryRun:
+    return _dry_run(cfg, [cfg])
+
+
+def dry_run_sequence(cfg: Config) -> DryRun:
+    from sdft.sequence import stage_config
+
+    seed = cfg.sequence.seeds[0]
+    return _dry_run(cfg, [stage_config(cfg, task, method, seed) for method in cfg.sequence.methods for task in cfg.tasks])
+
+
+def _dry_run(cfg: Config, stages: list[Config]) -> DryRun:
+    from sdft.run_eval import general_suite
+
+    registry = task_registry(cfg.custom_tasks, cfg.task_sources)
+    evaluated = [*dict.fromkeys([s.train.task for s in stages] + (cfg.tasks if len(stages) > 1 else []))]
+    require_known([*evaluated, *general_suite(cfg)], registry)
+    notes, problems, loaded = [], [], {}
+    for name in evaluated:
+        src = cfg.task_sources.get(name)
+        if src is not None and src.source == "hub":
+            notes.append(_hub_note(name, src))
+        else:
+            (loaded[name],) = load_tasks([name], registry)  # reads and validates every row
+    judged = [n for n in evaluated if _is_judged(n, loaded)]
+    if judged and (stages[0].train.evaluate or len(stages) > 1):
+        problem = judge_problem(cfg.eval.judge)
+        if problem:
+            problems.append(f"{', '.join(judged)}: graded by an LLM judge, but {problem}")
+    shapes, tokenizer = model_shapes(cfg), offline_tokenizer(cfg)
+    model_lines = shapes.describe() if isinstance(shapes, ModelShapes) else [shapes]
+    if tokenizer is None:
+        notes.append("prompt lengths: the tokenizer is not available offline, so rows are not checked against the caps")
+    plans = [_stage_plan(s, loaded.get(s.train.task), shapes, tokenizer) for s in stages]
+    return DryRun(plans, model_lines, problems, notes)
+
+
+HUB_SCORERS = {"science": "multiple_choice", "tools": "tool_call", "medical": "judge_medical"}
+"""The scorers of the tasks a dry run does not read (hub sources): fixed by each task's module."""
+
+
+def _is_judged(name: str, loaded: dict) -> bool:
+    return is_judged(loaded[name].scorer if name in loaded else HUB_SCORERS.get(name, ""))
+
+
+def _hub_note(name: str, src) -> str:
+    from sdft.tasks.paper import medical, science
+
+    published = {"science": (science.HUB_ID, science.HUB_REVISION), "medical": (medical.TRAIN_HUB, None)}
+    hub, revision = published.get(name, (src.hub, None))
+    hub, revision = src.hub or hub, src.revision or revision
+    pin = f"@{revision}" if revision else " (unpinned: the hub's default branch)"
+    return f"{name}: hub dataset {hub}{pin} is not fetched in a dry run; rows and steps follow when it is"
+
+
+# --- the model's shapes and the memory estimate -------------------------------------------------------
+
+@dataclass
+class ModelShapes:
+    name: str
+    params: int
+    hidden: int
+    layers: int
+    vocab: int
+    lora_params: dict[str, int]
+    """rank-1 LoRA parameter count per target module name (multiply by r)."""
+
+    def describe(self) -> list[str]:
+        count = f"{self.params / 1e9:.2f}B" if self.params >= 1e9 else f"{self.params / 1e6:.2f}M"
+        return [f"model {self.name}: {count} parameters, hidden {self.hidden}, "
+                f"{self.layers} layers, vocabulary {self.vocab}"]
+
+
+def model_shapes(cfg: Config) -> ModelShapes | str:
+    """The model's shapes from its config.json, built on the meta device (no weights read); or a line
+    saying why they are not available offline."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sdft.models import resolve_model_path
+
+    try:
+        path = resolve_model_path(cfg.model.name_or_path)
+        config = AutoConfig.from_pretrained(path, revision=cfg.model.revision, local_files_only=True,
+                                            trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError, UserError) as err:
+        return (f"model {cfg.model.name_or_path}: its config.json is not available offline ({str(err).splitlines()[0]}); "
+                "parameters and memory are not estimated (download it, or point model.name_or_path at a local folder)")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
+    text = config.get_text_config()
+    lora = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            key = name.rsplit(".", 1)[-1]
+            lora[key] = lora.get(key, 0) + module.in_features + module.out_features
+    params = sum(p.numel() for p in model.parameters())
+    return ModelShapes(cfg.model.name_or_path, params, text.hidden_size, text.num_hidden_layers,
+                       text.vocab_size, lora)
+
+
+def memory_lines(cfg: Config, shapes: ModelShapes) -> list[str]:
+    """A rough per-device memory estimate for one training stage (one process)."""
+    train, size = cfg.train, _BYTES[cfg.model.dtype]
+    lora = cfg.lora.enabled
+    trainable = sum(v for k, v in shapes.lora_params.items() if k in cfg.lora.target_modules) * cfg.lora.r if lora else shapes.params
+    parts = {"weights": shapes.params * size, "gradients": trainable * size,
+             "AdamW states (2 per trainable parameter, its dtype)": 2 * trainable * size}
+    if train.method == "sdft" and train.teacher in ("frozen", "ema") and not lora:
+        parts["teacher copy"] = shapes.params * size
+        if train.teacher == "ema":
+            parts["EMA shadow (fp32)"] = shapes.params * 4
+    elif train.method == "sdft" and train.teacher == "ema":
+        parts["EMA shadow of the adapters (fp32)"] = trainable * 4
+    micro = max(1, train.batch_size // train.gradient_accumulation)
+    seq = (train.max_completion_tokens if train.method == "cpt" else train.max_prompt_tokens + train.max_completion_tokens)
+    per_token = ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * shapes.layers * shapes.hidden * size / 2
+    parts[f"activations ({micro} x {seq} tokens, no recomputation)"] = micro * seq * per_token
+    logits_copies = 3 if train.method == "sdft" else 1  # sdft: student logits, their gradient, teacher logits
+    parts[f"logits ({logits_copies} x [{micro}, {seq}, {shapes.vocab}])"] = logits_copies * micro * seq * shapes.vocab * size
+    lines = [f"  {name}: {_size(value)}" for name, value in parts.items()]
+    lines.append(f"  total, rough: {_size(sum(parts.values()))} per device (rollout generation's KV cache "
+                 "and allocator overhead not counted)")
+    return lines
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / GB:.1f} GiB" if n_bytes >= GB else f"{n_bytes / 1024**2:.1f} MiB"
+
+
+# --- one stage -----------------------------------------------------------------------------------------
+
+def offline_tokenizer(cfg: Config):
+    """The model's tokenizer when it is on disk (a local folder or the Hugging Face cache); else None."""
+    from transformers import AutoTokenizer
+
+    from sdft.models import resolve_model_path
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name_or_path), revision=cfg.model.revision,
+                                             local_files_only=True, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError, UserError):
+        return None
+
+
+def length_lines(cfg: Config, task, tokenizer) -> tuple[list[str], list[str]]:
+    """(lines, problems): how many training rows exceed each length cap; with train.overlong_prompts 'error'
+    any such row is a problem (the run would stop on it)."""
+    from sdft.prompts import render_prompt, teacher_prompt
+
+    if tokenizer.chat_template is None:
+        return ["  prompt lengths: not checked (the tokenizer has no chat template)"], []
+    t = cfg.train
+    rows = task.split(t.split)[: t.max_rows] if t.max_rows else task.split(t.split)
+    count = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
+    checks = {"max_prompt_tokens": (count([render_prompt(tokenizer, r.prompt, task.system_prompt) for r in rows]), t.max_prompt_tokens)}
+    if t.method == "sdft":
+        teacher = [render_prompt(tokenizer, teacher_prompt(r.prompt, r.demonstration), task.system_prompt) for r in rows]
+        checks["max_teacher_prompt_tokens"] = (count(teacher), t.max_teacher_prompt_tokens)
+    elif t.method in ("sft", "dft"):
+        checks["max_completion_tokens (demonstration + eos)"] = ([n + 1 for n in count([r.demonstration for r in rows])], t.max_completion_tokens)
+    lines, problems = [], []
+    for name, (lengths, cap) in checks.items():
+        over = sum(n > cap for n in lengths)
+        lines.append(f"  train.{name} {cap}: longest {max(lengths, default=0)}, {over} of {len(lengths)} rows over")
+        if over and t.overlong_prompts == "error":
+            problems.append(f"{task.name}: {over} training rows exceed train.{name}={cap}; the run would stop on "
+                            "the first (raise the cap or set train.overlong_prompts=skip)")
+    return lines, problems
+
+
+def _stage_plan(cfg: Config, task, shapes: ModelShapes | str, tokenizer) -> StagePlan:
+    train = cfg.train
+    rows = _units(cfg, task, tokenizer)
+    if train.epochs is None:
+        steps, how = train.steps, f"{train.steps} (train.steps)"
+    elif rows is None:
+        steps, how = None, f"{train.epochs:g} epochs x rows / {train.batch_size} (rows known once the data is read)"
+    else:
+        steps = max(1, math.ceil(train.epochs * rows / train.batch_size))
+        how = f"{steps} = ceil({train.epochs:g} epochs x {rows} {'blocks' if train.method == 'cpt' else 'rows'} / {train.batch_size})"
+    plan = StagePlan(train.task, train.method, task.source if task else "hub (not fetched)", rows, steps)
+    plan.lines.append(f"  optimizer steps: {how}")
+    plan.lines.extend(_token_lines(cfg))
+    if task is not None and tokenizer is not None and cfg.train.method != "cpt":
+        lines, plan.problems = length_lines(cfg, task, tokenizer)
+        plan.lines.extend(lines)
+    if isinstance(shapes, ModelShapes):
+        plan.lines.append("  memory estimate:")
+        plan.lines.extend(memory_lines(cfg, shapes))
+    return plan
+
+
+def _units(cfg: Config, task, tokenizer) -> int | None:
+    if task is None:
+        return None
+    if cfg.train.method == "cpt":  # corpus blocks: counted with the tokenizer when it is on disk
+        from sdft.methods.cpt import corpus_blocks
+
+        return len(corpus_blocks(task, tokenizer, cfg.train.max_completion_tokens)) if tokenizer else None
+    rows = task.split(cfg.train.split)
+    return len(rows[: cfg.train.max_rows] if cfg.train.max_rows else rows)
+
+
+def _token_lines(cfg: Config) -> list[str]:
+    t = cfg.train
+    if t.method == "sdft":
+        return [f"  tokens per step, at the caps: {t.batch_size} rollouts of <= {t.max_completion_tokens} generated; "
+                f"student forward+backward <= {t.batch_size * (t.max_prompt_tokens + t.max_completion_tokens):,}; "
+                f"teacher forward <= {t.batch_size * (t.max_teacher_prompt_tokens + t.max_completion_tokens):,}"]
+    if t.method == "cpt":
+        return [f"  tokens per step: <= {t.batch_size * t.max_completion_tokens:,} ({t.batch_size} corpus blocks)"]
+    return [f"  tokens per step, at the caps: <= {t.batch_size * (t.max_prompt_tokens + t.max_completion_tokens):,} "
+            f"({t.batch_size} prompts + demonstrations)"]
+
+
+def print_dry_run(report: DryRun, console) -> None:
+    console.print("[bold]dry run[/] (nothing is loaded or trained)")
+    for line in report.model:
+        console.print(line)
+    for stage in report.stages:
+        rows = "?" if stage.rows is None else stage.rows
+        unit = "corpus blocks" if stage.method == "cpt" else "training rows"
+        console.print(f"[bold]{stage.method}[/] on {stage.task}: {rows} {unit} from {stage.data}")
+        for line in stage.lines:
+            console.print(line)
+    for note in report.notes:
+        console.print(f"[yellow]not checked:[/] {note}")
+    problems = [*report.problems, *(p for stage in report.stages for p in stage.problems)]
+    for problem in problems:
+        console.print(f"[red]problem:[/] {problem}")
+    if problems:
+        raise UserError(f"the dry run found {len(problems)} problem(s); see above")
+    console.print("[green]everything that can be checked offline is valid[/]")

@@ -1,0 +1,326 @@
+"""An LLM judge: grades a free-text answer against a reference answer with a fixed rubric.
+
+Two backends behind one small interface (`complete_many(prompts) -> replies`): an OpenAI-compatible HTTP
+endpoint (`/chat/completions`; URL and model from the config or SDFT_JUDGE_URL / SDFT_JUDGE_MODEL, the key
+from the environment variable the config names) and a local transformers model. The HTTP backend talks to
+the configured URL and nothing else; the key is never logged, cached or written into an error message.
+
+Every parsed verdict is cached on disk, keyed by (judge identity, sha256 of the prompt), so a repeated
+evaluation costs no judge call. A reply without exactly one verdict word is "malformed": it scores 0, is
+counted, and is not cached (a later run asks again). Timeouts, connection errors, HTTP 429 and 5xx are
+retried with exponential backoff; other HTTP errors stop at once.
+
+This module is a leaf (the config imports JudgeConfig from here): sdft imports happen inside functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Protocol
+
+from sdft.errors import UserError
+
+URL_ENV, MODEL_ENV = "SDFT_JUDGE_URL", "SDFT_JUDGE_MODEL"
+MAX_RETRY_AFTER_S = 60.0
+
+
+@dataclass
+class JudgeConfig:
+    """The LLM judge that grades free-text answers against a reference (the medical and knowledge tasks).
+    Its verdicts are cached under <output_root>/.judge_cache, keyed by the judge's model and the prompt."""
+
+    backend: Literal["none", "openai", "local"] = "none"
+    """none: tasks graded by a judge refuse to score; openai: an OpenAI-compatible HTTP endpoint (`url`);
+    local: a transformers model (`model`: a hub id or local folder) run in this process."""
+    url: str | None = None
+    """openai: the endpoint's base URL, e.g. http://127.0.0.1:8000/v1 (None = env SDFT_JUDGE_URL). Nothing
+    else is ever contacted."""
+    model: str | None = None
+    """The judge model's name at the endpoint, or the local model (None = env SDFT_JUDGE_MODEL)."""
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """openai: the environment variable holding the key (never logged, cached or written); null = send no
+    key (e.g. a local vLLM server)."""
+    timeout_s: float = 60.0
+    """Seconds before one HTTP call is abandoned (and retried)."""
+    max_retries: int = 5
+    """Retries after a timeout, a connection error, HTTP 429 or 5xx; then the evaluation stops."""
+    backoff_s: float = 2.0
+    """The wait before the first retry, doubled for each next one (a longer Retry-After header wins)."""
+    concurrency: int = 8
+    """Judge calls in flight at once (HTTP backend)."""
+    max_tokens: int = 16
+    """Tokens the judge may write: one verdict word."""
+
+
+# --- rubrics -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rubric:
+    """A grading instruction (fields {question}, {reference}, {response}) and what each verdict scores.
+    `grades[verdict]` holds 'score' (the task's accuracy) and any extra metric (e.g. 'lenient')."""
+
+    name: str
+    template: str
+    grades: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+MEDICAL = Rubric(
+    name="medical",
+    # The CORRECT/INCORRECT rubric against the reference answer (METHOD.md: medical, graded by an LLM judge).
+    template=(
+        "You are grading an answer to a medical question against the reference answer.\n"
+        "Reply CORRECT if the answer reaches the same medical conclusion as the reference (other wording and "
+        "extra correct detail are fine). Reply INCORRECT if it reaches a different conclusion, misses the "
+        "main point, contains a medical error, or gives no answer.\n\n"
+        "[Question]\n{question}\n\n[Reference answer]\n{reference}\n\n[Answer to grade]\n{response}\n\n"
+        "Reply with one word: CORRECT or INCORRECT."
+    ),
+    grades={"CORRECT": {"score": 1.0}, "INCORRECT": {"score": 0.0}},
+)
+
+KNOWLEDGE = Rubric(
+    name="knowledge",
+    # Strict = fully correct; lenient also accepts a partly correct answer (the paper reports both; the
+    # exact wording of its judge prompt is not public, this one is ours).
+    template=(
+        "You are grading an answer to a question about recent events against the reference answer.\n"
+        "Reply CORRECT if the answer states every fact of the reference and nothing that contradicts it. "
+        "Reply PARTIAL if it states the key fact of the reference but is incomplete or adds a minor error. "
+        "Reply INCORRECT if it misses or contradicts the key fact, or gives no answer.\n\n"
+        "[Question]\n{question}\n\n[Reference answer]\n{reference}\n\n[Answer to grade]\n{response}\n\n"
+        "Reply with one word: CORRECT, PARTIAL or INCORRECT."
+    ),
+    grades={"CORRECT": {"score": 1.0, "lenient": 1.0}, "PARTIAL": {"score": 0.0, "lenient": 1.0},
+            "INCORRECT": {"score": 0.0, "lenient": 0.0}},
+)
+
+RUBRICS: dict[str, Rubric] = {r.name: r for r in (MEDICAL, KNOWLEDGE)}
+
+
+def parse_verdict(reply: str, rubric: Rubric) -> str | None:
+    """The one verdict word in the reply (any case, whole words: 'INCORRECT' never counts as 'CORRECT');
+    None when there is none or two different ones."""
+    words = "|".join(sorted(rubric.grades, key=len, reverse=True))
+    found = {m.upper() for m in re.findall(rf"\b({words})\b", reply, flags=re.IGNORECASE)}
+    return found.pop() if len(found) == 1 else None
+
+
+# --- backends ------------------------------------------------------------------------------------------
+
+class Backend(Protocol):
+    identity: str
+    """What the cache keys on: the backend kind and the judge model (never a key or a URL secret)."""
+
+    def complete_many(self, prompts: list[str]) -> list[str]: ...
+
+
+class HttpBackend:
+    """An OpenAI-compatible `/chat/completions` endpoint; greedy, one user turn per prompt."""
+
+    def __init__(self, url: str, model: str, api_key: str | None, cfg: JudgeConfig,
+                 sleep: Callable[[float], None] = time.sleep):
+        base = url.rstrip("/")
+        self.endpoint = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.model, self.identity, self.cfg, self.sleep = model, f"openai:{model}", cfg, sleep
+        self._api_key = api_key
+
+    def complete_many(self, prompts: list[str]) -> list[str]:
+        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
+            return list(pool.map(self.complete, prompts))
+
+    def complete(self, prompt: str) -> str:
+        last = "no attempt"
+        for attempt in range(self.cfg.max_retries + 1):
+            if attempt:
+                self.sleep(self._wait(attempt, last))
+            try:
+                return self._post(prompt)
+            except _Retryable as err:
+                last = err
+        raise UserError(self._redact(f"judge endpoint {self.endpoint}: no answer after "
+                                     f"{self.cfg.max_retries + 1} attempts (last: {last})"))
+
+    def _wait(self, attempt: int, last: object) -> float:
+        wait = self.cfg.backoff_s * 2 ** (attempt - 1)
+        retry_after = getattr(last, "retry_after", None)
+        return max(wait, min(retry_after, MAX_RETRY_AFTER_S)) if retry_after is not None else wait
+
+    def _post(self, prompt: str) -> str:
+        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0, "max_tokens": self.cfg.max_tokens}
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        request = urllib.request.Request(self.endpoint, json.dumps(body).encode(), headers, method="POST")
+        try:
+            with _OPENER.open(request, timeout=self.cfg.timeout_s) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as err:
+            if err.code == 429 or err.code >= 500:
+                raise _Retryable(f"HTTP {err.code}", _retry_after(err)) from None
+            detail = self._redact(err.read(300).decode(errors="replace"))
+            raise UserError(f"judge endpoint {self.endpoint} answered HTTP {err.code}: {detail}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            raise _Retryable(type(err).__name__ + (f": {err.reason}" if hasattr(err, "reason") else "")) from None
+        return _reply_text(payload)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """The judge talks to the configured URL only: a redirect elsewhere is an error, not followed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(err: urllib.error.HTTPError) -> float | None:
+    try:
+        return float(err.headers.get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _reply_text(payload: bytes) -> str:
+    """The reply's text; a body of another shape is retried (proxies sometimes answer with an HTML page)."""
+    try:
+        return str(json.loads(payload)["choices"][0]["message"]["content"] or "")
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise _Retryable("the reply is not an OpenAI chat completion") from None
+
+
+class LocalBackend:
+    """A transformers chat model in this process, greedy decoding, prompts batched."""
+
+    def __init__(self, model: str, cfg: JudgeConfig, device: str = "auto", batch_size: int = 8):
+        from sdft.config import ModelConfig
+        from sdft.models import load_model
+
+        self.loaded = load_model(ModelConfig(name_or_path=model, device=device))
+        self.identity, self.cfg, self.batch_size = f"local:{model}", cfg, batch_size
+
+    def complete_many(self, prompts: list[str]) -> list[str]:
+        from sdft.config import GenerationConfig
+        from sdft.evaluate import generate_batches
+
+        gen = GenerationConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.batch_size)
+        replies = [""] * len(prompts)
+        chats = [_chat(self.loaded.tokenizer, p) for p in prompts]
+        for indices, completions in generate_batches(self.loaded, chats, gen):
+            for i, per_prompt in zip(indices, completions):
+                replies[i] = per_prompt[0].text
+        return replies
+
+
+def _chat(tokenizer, prompt: str) -> str:
+    from sdft.prompts import render_prompt
+
+    return render_prompt(tokenizer, prompt)
+
+
+# --- the judge: rubric + backend + cache ---------------------------------------------------------------
+
+@dataclass
+class Grade:
+    verdict: str | None
+    """The rubric's verdict word; None when the reply was malformed (scored 0, not cached)."""
+    metrics: dict[str, float]
+
+
+class JudgeCache:
+    """Parsed verdicts on disk, one JSONL file per judge identity: {"key": sha256(prompt), "verdict": ..}."""
+
+    def __init__(self, directory: Path, identity: str):
+        self.path = Path(directory) / f"{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsonl"
+        self._lock = threading.Lock()
+        self.verdicts: dict[str, str] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a killed run
+                    continue
+                self.verdicts[record["key"]] = record["verdict"]
+
+    def add(self, entries: dict[str, str]) -> None:
+        with self._lock:
+            self.verdicts.update(entries)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as handle:
+                handle.write("".join(json.dumps({"key": k, "verdict": v}) + "\n" for k, v in entries.items()))
+
+
+class Judge:
+    """Grades (question, reference, response) triples with a rubric; counts calls, cache hits, malformed."""
+
+    def __init__(self, backend: Backend, cache: JudgeCache | None):
+        self.backend, self.cache = backend, cache
+        self.identity = backend.identity
+        self.calls = self.cache_hits = self.malformed = 0
+
+    def grade_many(self, rubric_name: str, items: list[tuple[str, str, str]]) -> list[Grade]:
+        rubric = RUBRICS[rubric_name]
+        prompts = [rubric.template.format(question=q, reference=r, response=a) for q, r, a in items]
+        keys = [hashlib.sha256(p.encode()).hexdigest() for p in prompts]
+        known = self.cache.verdicts if self.cache else {}
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a repeated prompt is asked once
+        todo = sorted(i for k, i in first.items() if k not in known)
+        self.cache_hits += sum(k in known for k in keys)
+        replies = self.backend.complete_many([prompts[i] for i in todo]) if todo else []
+        self.calls += len(todo)
+        fresh = {keys[i]: parse_verdict(reply, rubric) for i, reply in zip(todo, replies)}
+        self.malformed += sum(v is None for v in fresh.values())
+        if self.cache:
+            self.cache.add({k: v for k, v in fresh.items() if v is not None})
+        verdicts = [known.get(k) if k in known else fresh.get(k) for k in keys]
+        zero = {name: 0.0 for name in next(iter(rubric.grades.values()))}
+        return [Grade(v, dict(rubric.grades[v]) if v else dict(zero)) for v in verdicts]
+
+
+def judge_problem(cfg: JudgeConfig) -> str | None:
+    """Why no judge can be built from this config (None when one can); checked before any model loads."""
+    if cfg.backend == "none":
+        return "no judge is configured: set eval.judge.backend to 'openai' (with url and model) or 'local'"
+    if not (cfg.model or os.environ.get(MODEL_ENV)):
+        return f"eval.judge.model is not set (nor {MODEL_ENV})"
+    if cfg.backend == "openai":
+        if not (cfg.url or os.environ.get(URL_ENV)):
+            return f"eval.judge.url is not set (nor {URL_ENV})"
+        if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            return (f"the judge's key is read from the environment variable {cfg.api_key_env}, which is not set "
+                    "(set eval.judge.api_key_env: null for an endpoint without a key)")
+    return None
+
+
+def make_judge(cfg: JudgeConfig, cache_dir: Path | None, device: str = "auto") -> Judge:
+    """The configured judge; a UserError naming what is missing when there is none."""
+    problem = judge_problem(cfg)
+    if problem:
+        raise UserError(problem)
+    model = cfg.model or os.environ[MODEL_ENV]
+    if cfg.backend == "openai":
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        backend: Backend = HttpBackend(cfg.url or os.environ[URL_ENV], model, key, cfg)
+    else:
+        backend = LocalBackend(model, cfg, device)
+    return Judge(backend, JudgeCache(cache_dir, backend.identity) if cache_dir else None)

@@ -1,0 +1,134 @@
+"""`--dry-run`: the paper's configs checked offline on fixture data, with the plan printed (steps, tokens,
+memory) and every problem that would stop the run named; nothing is loaded or written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sdft.cli import app
+from sdft.config import load_config
+from sdft.dry_run import memory_lines, model_shapes
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = ROOT / "configs" / "paper"
+FIXTURES = ROOT / "tests" / "fixtures" / "paper"
+SCIENCE_FIXTURES = [f"task_sources.science.path={FIXTURES / 'science'}",
+                    "task_sources.science.files={train: train_data.jsonl, test: eval_data.jsonl}"]
+TOOLS_FIXTURES = [f"task_sources.tools.path={FIXTURES / 'tools'}",
+                  "task_sources.tools.files={train: train_data.jsonl, test: eval_data.jsonl}"]
+# Qwen2.5-7B-Instruct's shapes (its config.json on the hub), hand-copied: no weights, no download.
+QWEN_7B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584,
+           "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+           "vocab_size": 152064, "max_position_embeddings": 32768, "tie_word_embeddings": False}
+QWEN_7B_PARAMS = 7_615_616_512
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args], prog_name="sdft")
+    return result.exit_code, " ".join(result.output.split())
+
+
+def sets(*overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+@pytest.fixture
+def qwen_shapes(tmp_path) -> Path:
+    folder = tmp_path / "qwen7b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(QWEN_7B))
+    return folder
+
+
+def test_science_preset_plan_on_fixture_data(qwen_shapes, tmp_path):
+    code, out = invoke("train", PAPER / "science.yaml", "--dry-run",
+                       *sets(*SCIENCE_FIXTURES, f"model.name_or_path={qwen_shapes}"))
+    assert code == 0, out
+    assert "7.62B parameters, hidden 3584, 28 layers, vocabulary 152064" in out
+    assert "optimizer steps: 1 = ceil(2 epochs x 3 rows / 32)" in out
+    assert "student forward+backward <= 98,304; teacher forward <= 163,840" in out  # 32 x (1024 + 2048), 32 x (3072 + 2048)
+    assert "weights: 14.2 GiB" in out and "EMA shadow (fp32): 28.4 GiB" in out and "total, rough:" in out
+    assert "everything that can be checked offline is valid" in out
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_memory_estimate_follows_the_shapes_and_the_method(qwen_shapes):
+    cfg = load_config(PAPER / "science.yaml", [f"model.name_or_path={qwen_shapes}"])
+    shapes = model_shapes(cfg)
+    assert shapes.params == QWEN_7B_PARAMS
+    full = " ".join(memory_lines(cfg, shapes))
+    assert f"weights: {QWEN_7B_PARAMS * 2 / 1024**3:.1f} GiB" in full and "teacher copy" in full
+    lora = load_config(PAPER / "science.yaml", [f"model.name_or_path={qwen_shapes}", "lora.enabled=true",
+                                                "train.method=sft"])
+    small = " ".join(memory_lines(lora, shapes))
+    assert "teacher copy" not in small and "gradients: 77.0 MiB" in small  # 40.4M r=16 adapters (7 projections x 28 layers), bf16
+
+
+def test_a_hub_model_not_on_disk_is_reported_not_fetched():
+    code, out = invoke("train", PAPER / "science.yaml", "--dry-run", *sets(*SCIENCE_FIXTURES))
+    assert code == 0, out
+    assert "Qwen/Qwen2.5-7B-Instruct: its config.json is not available offline" in out
+    assert "tokenizer is not available offline" in out
+
+
+def test_medical_needs_a_judge_and_its_hub_data_is_not_fetched(monkeypatch, qwen_shapes):
+    for name in ("SDFT_JUDGE_URL", "SDFT_JUDGE_MODEL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    code, out = invoke("train", PAPER / "medical.yaml", "--dry-run", *sets(f"model.name_or_path={qwen_shapes}"))
+    assert code == 1
+    assert "hub dataset FreedomIntelligence/medical-o1-reasoning-SFT (unpinned" in out
+    assert "problem: medical: graded by an LLM judge, but eval.judge.model is not set (nor SDFT_JUDGE_MODEL)" in out
+    monkeypatch.setenv("SDFT_JUDGE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("SDFT_JUDGE_MODEL", "judge")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-printed")
+    code, out = invoke("train", PAPER / "medical.yaml", "--dry-run", *sets(f"model.name_or_path={qwen_shapes}"))
+    assert code == 0, out
+    assert "epochs x rows / 32 (rows known once the data is read)" in out and "sk-never-printed" not in out
+
+
+def test_rows_over_a_cap_are_a_problem_unless_skipped(tiny_model_dir):
+    args = ["train", PAPER / "science.yaml", "--dry-run",
+            *sets(*SCIENCE_FIXTURES, f"model.name_or_path={tiny_model_dir}", "train.max_prompt_tokens=300")]
+    code, out = invoke(*args)
+    # the character tokenizer: ~1 token per character, and every chat prompt is longer than 300
+    assert code == 0 and "train.max_prompt_tokens 300: longest 487, 3 of 3 rows over" in out
+    code, out = invoke(*args, "--set", "train.overlong_prompts=error")
+    assert code == 1 and "training rows exceed train.max_prompt_tokens=300; the run would stop" in out
+
+
+def test_sequence_preset_plans_every_stage(monkeypatch, qwen_shapes):
+    monkeypatch.setenv("SDFT_JUDGE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("SDFT_JUDGE_MODEL", "judge")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    code, out = invoke("sequence", "-c", PAPER / "sequence.yaml", "--dry-run",
+                       *sets(*SCIENCE_FIXTURES, *TOOLS_FIXTURES, f"model.name_or_path={qwen_shapes}"))
+    assert code == 0, out
+    for method in ("sdft", "sft"):
+        for task, steps in (("tools", 250), ("science", 300), ("medical", 300)):
+            assert f"{method} on {task}:" in out
+    assert out.count("optimizer steps: 250 (train.steps)") == 2 and out.count("optimizer steps: 300 (train.steps)") == 4
+
+
+def test_sequence_plans_on_the_task_sources_not_the_miniatures(tmp_path):
+    from sdft.sequence import plan_sequence
+
+    cfg = load_config(PAPER / "sequence.yaml", [*SCIENCE_FIXTURES, *TOOLS_FIXTURES, "tasks=[tools, science]",
+                                                "sequence.stages={}", "eval.judge.backend=none"])
+    plan = plan_sequence(cfg, tmp_path / "seq")
+    assert [t.name for t in plan.tasks] == ["tools", "science"]
+    for task in plan.tasks:  # read from the fixture files, not the embedded miniatures
+        assert task.source.startswith(str(FIXTURES / task.name)) and task.source != "embedded"
+
+
+def test_cpt_plan_counts_corpus_blocks(tiny_model_dir):
+    code, out = invoke("train", PAPER / "knowledge.yaml", "--dry-run",
+                       *sets(f"task_sources.knowledge.path={FIXTURES / 'knowledge'}", f"model.name_or_path={tiny_model_dir}",
+                             "train.method=cpt", "train.max_completion_tokens=128", "eval.judge.backend=local",
+                             f"eval.judge.model={tiny_model_dir}"))
+    assert code == 0, out
+    # the two fixture articles, one token per character, in blocks of 128: 3 + 3 blocks
+    assert "cpt on knowledge: 6 corpus blocks" in out and "optimizer steps: 1 = ceil(4 epochs x 6 blocks / 32)" in out
