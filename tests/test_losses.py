@@ -368,3 +368,20 @@ def test_top_k_larger_than_vocabulary_is_a_user_error():
     student, teacher, _ = make_logits()
     with pytest.raises(UserError, match="top_k"):
         distillation_loss(student, teacher, MASK, LossConfig(top_k=V + 1))
+
+
+def test_a_large_vocabulary_gets_smaller_chunks_and_the_same_loss(monkeypatch):
+    """The element cap bounds a chunk's memory whatever chunk_size says, and changes no value or gradient."""
+    from sdft.methods import losses
+
+    student, teacher, ids = make_logits(seed=3)
+    config = LossConfig(skip_first_tokens=1, chunk_size=256)
+    value, grad = module_value_and_grad(student, teacher, MASK, config, completion_ids=ids)
+    calls = []
+    real_run_chunk = losses._run_chunk
+    monkeypatch.setattr(losses, "_run_chunk", lambda chunk, *a: calls.append(len(chunk.coeff)) or real_run_chunk(chunk, *a))
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 2 * V + 1)  # two rows of logits per chunk
+    capped, capped_grad = module_value_and_grad(student, teacher, MASK, config, completion_ids=ids)
+    assert calls == [2, 2, 2]  # 6 loss rows
+    assert_close(capped, value, rtol=1e-13, atol=1e-15)
+    assert_close(capped_grad, grad, rtol=1e-13, atol=1e-15)

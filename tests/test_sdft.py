@@ -12,7 +12,16 @@ from conftest import qa_records
 from sdft.config import ModelConfig, load_config
 from sdft.errors import UserError
 from sdft.methods import sdft as sdft_method
-from sdft.methods.rollout import completion_from_tokens, completion_logits, left_pad, prepare_rows
+from sdft.methods.rollout import (
+    completion_from_tokens,
+    completion_logits,
+    left_pad,
+    prepare_rows,
+    prompt_pass,
+    sample_completions,
+    sample_token,
+    student_completion_logits,
+)
 from sdft.methods.stage import Stage, add_lora
 from sdft.methods.teacher import EmaAdapterTeacher, EmaCopyTeacher, FrozenAdapterTeacher, FrozenCopyTeacher
 from sdft.models import load_model
@@ -243,3 +252,86 @@ def test_nan_loss_stops_with_a_clear_message(tiny_model_dir, task, tmp_path, mon
     monkeypatch.setattr(sdft_method, "distillation_loss", nan_loss)
     with pytest.raises(UserError, match=r"the loss became nan at step 1; no checkpoint was saved yet"):
         sdft_method.train_sdft(stage)
+
+
+# ---- the hot path: the lean sampler and the shared prompt pass change no number ----
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.8)])
+def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, temperature, top_p):
+    """Same seed, same tokens as transformers' generate: temperature, top-p, eos, the length cap and left padding."""
+    from sdft.models import NEUTRAL_DECODING
+
+    loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
+    model, tokenizer = loaded.model, loaded.tokenizer
+    eos = tokenizer.eos_token_id
+    model.lm_head.register_forward_hook(lambda m, i, out: out + 2.0 * (torch.arange(out.shape[-1]) == eos))  # eos ~8%
+    cfg = load_config(None, [f"train.rollout_temperature={temperature}", f"train.rollout_top_p={top_p}",
+                             "train.max_completion_tokens=9"]).train
+    ids, mask = left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]] * 4, tokenizer.pad_token_id, torch.device("cpu"))
+    capped = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = sample_completions(model, tokenizer, ids, mask, cfg)
+        torch.manual_seed(seed)
+        output = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, **NEUTRAL_DECODING,
+                                temperature=temperature, top_p=top_p, max_new_tokens=9, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=eos, use_cache=True)
+        reference = completion_from_tokens(output[:, ids.shape[1] :], eos, tokenizer.pad_token_id)
+        assert torch.equal(ours.ids, reference.ids) and torch.equal(ours.mask, reference.mask)
+        assert torch.equal(ours.hit_cap, reference.hit_cap)
+        capped += ours.hit_cap.tolist()
+    assert any(capped) and not all(capped)  # both ways of ending occur
+
+
+def test_top_p_keeps_the_smallest_set_over_the_mass():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    draws = torch.stack([sample_token(logits, 1.0, 0.8) for _ in range(400)])
+    assert set(draws.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 reach 0.8: the rest is never drawn
+    assert set(torch.stack([sample_token(logits, 1.0, 0.81) for _ in range(400)]).flatten().tolist()) == {0, 1, 2}
+
+
+def test_shared_prompt_pass_gives_the_one_pass_logits_and_gradients(tiny_model_dir):
+    """The student's forward split in two (the prompt pass, reused by the sampler, then the completion on top of its
+    cache) has the values and gradients of one left-padded forward with a mask."""
+    model = load_model(ModelConfig(name_or_path=str(tiny_model_dir))).model.train()
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], 0, torch.device("cpu"))
+    rollout = completion_from_tokens(torch.tensor([[20, 21, 1, 0], [22, 23, 24, 25]]), eos_id=1, pad_id=0)
+
+    def one_pass():
+        full_mask = torch.cat([mask, rollout.mask], dim=1)
+        positions = (full_mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits = model(input_ids=torch.cat([ids, rollout.ids], dim=1), attention_mask=full_mask, position_ids=positions).logits
+        return logits[:, ids.shape[1] - 1 : -1]
+
+    results = []
+    for compute in (one_pass, lambda: student_completion_logits(model, prompt_pass(model, ids, mask), rollout),
+                    lambda: completion_logits(model, ids, mask, rollout)):
+        model.zero_grad()
+        logits = compute()
+        (logits * rollout.mask[..., None]).pow(2).sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (reference, reference_grads), *others = results
+    real = rollout.mask.bool()
+    for logits, grads in others:
+        torch.testing.assert_close(logits[real], reference[real], atol=1e-5, rtol=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, reference_grads[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preallocated", [True, False])
+def test_sampling_from_a_prompt_pass_leaves_its_cache_as_it_was(tiny_model_dir, monkeypatch, preallocated):
+    """The prompt pass's cache is the student's training forward: the sampler copies it (or prefills its own)."""
+    from sdft.methods import rollout as rollout_module
+
+    if not preallocated:  # a cache of another kind (sliding windows, ...): the sampler cannot copy it
+        monkeypatch.setattr(rollout_module, "_decoding_cache", lambda cache, capacity: None)
+    loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
+    cfg = load_config(None, ["train.max_completion_tokens=6"]).train
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], loaded.tokenizer.pad_token_id, torch.device("cpu"))
+    prompt = prompt_pass(loaded.model, ids, mask)
+    torch.manual_seed(0)
+    shared = sample_completions(loaded.model, loaded.tokenizer, ids, mask, cfg, prompt)
+    assert prompt.cache.get_seq_length() == ids.shape[1]
+    torch.manual_seed(0)
+    assert torch.equal(sample_completions(loaded.model, loaded.tokenizer, ids, mask, cfg).ids, shared.ids)

@@ -4,10 +4,11 @@ Pure torch. Both logit tensors are [B, T, V] and aligned on completion positions
 token t); the teacher is a constant. See METHOD.md section 1 for the recipe: forward KL over the full vocabulary,
 the first 3 completion tokens skipped, mean over a sequence's tokens, then over sequences.
 
-Memory: only the loss positions are visited, `chunk_size` rows at a time, and each chunk's gradient is computed
-right away and written into one [B, T, V] buffer in the logits' dtype (the gradient autograd would produce anyway;
-backward scales it into one more such tensor). So peak extra memory is about two logits-sized tensors plus
-O(chunk_size x V), instead of the half-dozen fp32 [B, T, V] activations a plain autograd graph would save.
+Memory: only the loss positions are visited, `chunk_size` rows at a time (fewer when the vocabulary is large: a
+chunk holds at most CHUNK_ELEMENTS logits), and each chunk's gradient is computed right away and written into one
+[B, T, V] buffer in the logits' dtype (the gradient autograd would produce anyway; backward scales it into one more
+such tensor). So peak extra memory is about two logits-sized tensors plus a few chunk-sized fp32 temporaries,
+instead of the half-dozen fp32 [B, T, V] activations a plain autograd graph would save.
 Measured on CPU (B=2, T=1024, V=32000, fp32): 0.65 GB extra peak vs 1.25 GB for the plain computation.
 """
 
@@ -23,6 +24,9 @@ from sdft.errors import UserError
 from sdft.suggest import did_you_mean
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "sampled_token")
+CHUNK_ELEMENTS = 1 << 21
+"""Most logits in one chunk: with a 152k vocabulary 256 rows would make each of a chunk's ~10 fp32 temporaries
+155 MB; capped, 13 rows and 8 MB each (2M-element operations stay efficient). Chunking changes no value."""
 TOPK_SOURCES = ("teacher", "student")
 
 
@@ -37,7 +41,8 @@ class LossConfig:
     top_k: None = the full vocabulary; k = the k most probable tokens (of `topk_source`) plus one tail bucket.
     topk_source: whose distribution picks the top-k tokens: "teacher" or "student".
     skip_first_tokens: the first N real completion tokens of every sequence carry no loss (METHOD.md: 3).
-    chunk_size: loss positions processed at once; trades speed for peak memory (chunk_size x V floats, a few times).
+    chunk_size: loss positions processed at once (at most CHUNK_ELEMENTS // V); trades speed for peak memory
+        (chunk_size x V floats, a few times).
     """
 
     divergence: str = "forward_kl"
@@ -241,10 +246,11 @@ def distillation_loss(
     grad = torch.zeros_like(student_logits) if needs_grad else None
     value = torch.zeros((), dtype=dtype, device=student_logits.device)
     sums = torch.zeros(5, dtype=dtype, device=student_logits.device)
-    for start in range(0, coeff.numel(), config.chunk_size):
-        where = tuple(r[start : start + config.chunk_size] for r in rows)
+    size = max(1, min(config.chunk_size, CHUNK_ELEMENTS // student_logits.shape[-1]))
+    for start in range(0, coeff.numel(), size):
+        where = tuple(r[start : start + size] for r in rows)
         ids = completion_ids[where] if completion_ids is not None else None
-        chunk = _Chunk(student_logits[where], teacher_logits[where], ids, coeff[start : start + config.chunk_size])
+        chunk = _Chunk(student_logits[where], teacher_logits[where], ids, coeff[start : start + size])
         chunk_value, chunk_grad, chunk_sums = _run_chunk(chunk, config, dtype, needs_grad)
         if needs_grad:
             grad[where] = chunk_grad

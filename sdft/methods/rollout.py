@@ -1,17 +1,27 @@
 """Token-level plumbing of on-policy training: tokenised prompts (checked against their caps once, at
-stage start), sampled completions, and logits on completion positions."""
+stage start), sampled completions (a lean KV-cache sampling loop), and logits on completion positions.
+
+The hot path of an SDFT step, and why it is shaped this way (scripts/bench.py measures it):
+- the student's prompt pass is computed once, with grad: its KV cache is the sampler's prefill and the first half of
+  the student's training forward (`prompt_pass`, `sample_completions`, `student_completion_logits`);
+- the sampler is a plain loop over a preallocated KV cache (no `generate`: its per-token machinery and the growing
+  cache's copies cost more than the model on small models), decoding exactly as `generate` does;
+- the teacher's (and a plain student's) forward runs on unpadded rows packed to the left, so attention is purely
+  causal (no mask, the fast kernel) and no compute goes to the padding between prompt and completion.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
+from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sdft.config import TrainConfig
 from sdft.console import err_console
 from sdft.errors import UserError
-from sdft.models import NEUTRAL_DECODING
 from sdft.prompts import render_prompt, teacher_prompt
 from sdft.tasks.spec import Row, TaskSpec
 
@@ -79,23 +89,8 @@ class Rollout:
     """[B] bool: generation stopped at the length cap, with no eos token."""
 
 
-@torch.no_grad()
-def sample_completions(model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, cfg: TrainConfig) -> Rollout:
-    """One completion per prompt from the current weights (temperature / top-p sampling, KV cache)."""
-    was_training = model.training
-    model.eval()
-    output = model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, **NEUTRAL_DECODING,
-        temperature=cfg.rollout_temperature, top_p=cfg.rollout_top_p,
-        max_new_tokens=cfg.max_completion_tokens, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, use_cache=True,
-    )
-    model.train(was_training)
-    return completion_from_tokens(output[:, prompt_ids.shape[1] :], tokenizer.eos_token_id, tokenizer.pad_token_id)
-
-
 def completion_from_tokens(tokens: Tensor, eos_id: int, pad_id: int) -> Rollout:
-    """Mask everything after the first eos token (generate pads finished rows)."""
+    """Mask everything after the first eos token (the sampler pads finished rows)."""
     is_eos = tokens == eos_id
     ended = is_eos.any(dim=1)
     after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first eos
@@ -103,14 +98,179 @@ def completion_from_tokens(tokens: Tensor, eos_id: int, pad_id: int) -> Rollout:
     return Rollout(ids=tokens.masked_fill(after_eos, pad_id), mask=mask, hit_cap=~ended)
 
 
+# The forward keyword of a KV cache: transformers renamed `past_key_values` to `cache` within 5.x.
+CACHE_KWARG = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def _new_cache(model) -> DynamicCache:
+    config = getattr(getattr(model, "module", model), "config", None)  # through a DDP wrapper
+    return DynamicCache(config=config) if config is not None else DynamicCache()
+
+
+@dataclass
+class PromptPass:
+    """The student's forward pass over its left-padded prompts: the KV cache and the logits predicting the first
+    completion token. Computed with grad, it is both the sampler's prefill and the first half of the student's
+    training forward, so the prompt is run once per step instead of twice."""
+
+    cache: object
+    last_logits: Tensor
+    mask: Tensor
+
+
+def prompt_pass(model, prompt_ids: Tensor, prompt_mask: Tensor) -> PromptPass:
+    cache = _new_cache(model)
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding: the first real token is position 0
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1, **{CACHE_KWARG: cache})
+    return PromptPass(cache, out.logits[:, -1], prompt_mask)
+
+
+def has_active_dropout(model) -> bool:
+    """Whether training mode changes the forward pass (dropout modules, or attention dropout in the config): then
+    a prompt pass in training mode is not the sampler's (eval-mode) prefill."""
+    modules = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    config = getattr(model, "config", None)
+    rates = [v for k, v in vars(config).items() if "dropout" in k and isinstance(v, float)] if config is not None else []
+    return modules or any(rate > 0 for rate in rates)
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, cfg: TrainConfig,
+                       prompt: PromptPass | None = None) -> Rollout:
+    """One completion per prompt from the current weights, decoded as `generate` samples (temperature, then top-p,
+    then a multinomial draw per row; finished rows get the pad token): under the same seed the same tokens.
+    `prompt`: the student's prompt pass, reused as the prefill (its cache is copied, never modified)."""
+    was_training = model.training
+    model.eval()
+    capacity = prompt_mask.shape[1] + cfg.max_completion_tokens
+    try:
+        cache = _decoding_cache(prompt.cache, capacity) if prompt is not None else None
+        if cache is None:  # no prompt pass, or a cache we cannot copy: a prefill of our own, extended in place
+            prompt = prompt_pass(model, prompt_ids, prompt_mask)
+            cache = _decoding_cache(prompt.cache, capacity) or prompt.cache
+        tokens = _decode(model, cache, prompt.last_logits.detach(), prompt_mask, cfg, tokenizer)
+    finally:
+        model.train(was_training)
+    return completion_from_tokens(tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, cfg: TrainConfig, tokenizer) -> Tensor:
+    """[B, steps] sampled ids, pad after a row's eos. A finished row leaves the batch (its cache rows too), so the
+    model only runs the rows still sampling; the random draws stay `generate`'s (see sample_token)."""
+    batch, width = prompt_mask.shape
+    eos, pad, cap = tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.max_completion_tokens
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, cap)], dim=1)
+    position = prompt_mask.sum(dim=1, keepdim=True)  # the next token's position: the number of real prompt tokens
+    tokens = torch.full((batch, cap), pad, dtype=torch.long, device=prompt_mask.device)
+    active = torch.arange(batch, device=prompt_mask.device)  # the rows still sampling, in the cache's order
+    for step in range(cap):
+        token = sample_token(logits, cfg.rollout_temperature, cfg.rollout_top_p, rows=active, batch=batch)
+        tokens[active, step] = token
+        going = token != eos
+        if step + 1 == cap or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(1)
+            active, token, mask, position = active[keep], token[keep], mask[keep], position[keep]
+            cache.batch_select_indices(keep)
+        out = model(input_ids=token[:, None], attention_mask=mask[:, : width + step + 1], position_ids=position + step,
+                    use_cache=True, **{CACHE_KWARG: cache})
+        logits = out.logits[:, -1]
+    return tokens[:, : step + 1]
+
+
+def sample_token(logits: Tensor, temperature: float, top_p: float, rows: Tensor | None = None,
+                 batch: int | None = None) -> Tensor:
+    """Token ids for the rows of `logits`, as transformers' TemperatureLogitsWarper, TopPLogitsWarper and multinomial
+    draw: fp32 scores divided by the temperature; the smallest-probability tokens whose cumulative mass is <= 1 - top_p
+    removed (the most probable token always kept); then a categorical draw.
+
+    The draw is torch.multinomial(probs, 1)'s own: argmax(probs / q) with q ~ Exp(1) drawn as one tensor of the
+    batch's shape (ATen's fast path for one sample). Drawing q for the whole `batch` while only `rows` of it are
+    still sampling keeps the random stream of `generate`, which samples every row until all have finished."""
+    scores = logits.float()
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_p < 1.0:
+        ordered, order = torch.sort(scores, descending=False)
+        remove = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        remove[..., -1:] = False
+        scores = scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
+    probs = torch.softmax(scores, dim=-1)
+    noise = probs.new_empty((batch or probs.shape[0], probs.shape[1])).exponential_()
+    return (probs / (noise if rows is None else noise[rows])).argmax(dim=-1)
+
+
+def _decoding_cache(prompt_cache, capacity: int) -> DynamicCache | None:
+    """A cache for decoding that holds the prompt's keys and values (detached) in buffers of `capacity` positions, so
+    each new token is a write, not a copy of the whole cache; None when the cache has layers of another kind (sliding
+    windows, ...), and then the prompt cache itself is extended."""
+    layers = getattr(prompt_cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers):
+        return None
+    cache = DynamicCache()
+    cache.layers = [PreallocatedLayer(layer.keys.detach(), layer.values.detach(), capacity) for layer in layers]
+    return cache
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in buffers of fixed capacity; `keys` and `values` are views of the
+    filled part, which is what attention reads."""
+
+    def __init__(self, keys: Tensor, values: Tensor, capacity: int):
+        super().__init__()
+        self._keys = keys.new_empty(*keys.shape[:2], capacity, keys.shape[3])
+        self._values = values.new_empty(*values.shape[:2], capacity, values.shape[3])
+        self.length = 0
+        self.device, self.is_initialized = keys.device, True
+        self.update(keys, values)
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        start, self.length = self.length, self.length + key_states.shape[-2]
+        self._keys[:, :, start : self.length] = key_states
+        self._values[:, :, start : self.length] = value_states
+        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+
+
+def student_completion_logits(model, prompt: PromptPass, rollout: Rollout) -> Tensor:
+    """[B, T, V] logits predicting each completion token: the prompt pass's last logits, then a forward pass over the
+    completion (all but its last token) on top of the prompt's cache. With a prompt pass computed with grad this is
+    the student's training forward, mathematically the one-pass `completion_logits`."""
+    width = rollout.ids.shape[1]
+    if width == 1:
+        return prompt.last_logits[:, None]
+    mask = torch.cat([prompt.mask, rollout.mask[:, :-1]], dim=1)
+    positions = prompt.mask.sum(dim=1, keepdim=True) + torch.arange(width - 1, device=mask.device)
+    out = model(input_ids=rollout.ids[:, :-1], attention_mask=mask, position_ids=positions, use_cache=True,
+                **{CACHE_KWARG: prompt.cache})
+    return torch.cat([prompt.last_logits[:, None], out.logits], dim=1)
+
+
 def completion_logits(model, prefix_ids: Tensor, prefix_mask: Tensor, rollout: Rollout) -> Tensor:
     """[B, T, V] logits predicting each completion token, from prefix (left-padded) + completion.
 
-    Position ids follow the attention mask, so left padding gives the same logits as an unpadded prompt;
-    only the T positions that predict completion tokens are projected to the vocabulary."""
+    Each row's real tokens (prefix, then completion up to its eos) are packed to the left and the padding moved to
+    the end, so plain causal attention (no mask: the fast kernel) and natural positions give exactly an unpadded
+    row's logits. Only positions from the shortest prefix's last token on are projected to the vocabulary; row i's
+    completion logits are gathered from its own offset (positions past its eos repeat a real position: masked)."""
     ids = torch.cat([prefix_ids, rollout.ids], dim=1)
-    mask = torch.cat([prefix_mask, rollout.mask], dim=1)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    width = rollout.ids.shape[1]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=width + 1).logits
-    return logits[:, :-1]
+    real = torch.cat([prefix_mask, rollout.mask], dim=1).bool()
+    width = int(real.sum(dim=1).max())
+    packed = ids.new_zeros((ids.shape[0], width))  # any id will do after a row's end: causally unseen
+    rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)
+    packed[rows[real], (real.cumsum(dim=1) - 1)[real]] = ids[real]
+    prefix_lengths = prefix_mask.sum(dim=1)
+    keep = width - int(prefix_lengths.min()) + 1
+    logits = model(input_ids=packed, logits_to_keep=keep).logits
+    steps = torch.arange(rollout.ids.shape[1], device=ids.device)
+    index = (prefix_lengths[:, None] - 1 + steps - (width - keep)).clamp(max=keep - 1)
+    return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))

@@ -29,7 +29,16 @@ from sdft.methods.harness import (
     save_model,
 )
 from sdft.methods.losses import distillation_loss
-from sdft.methods.rollout import PreparedRow, completion_logits, left_pad, prepare_rows, sample_completions
+from sdft.methods.rollout import (
+    PreparedRow,
+    completion_logits,
+    has_active_dropout,
+    left_pad,
+    prepare_rows,
+    prompt_pass,
+    sample_completions,
+    student_completion_logits,
+)
 from sdft.methods.stage import Stage
 from sdft.methods.teacher import Teacher, build_teacher
 
@@ -52,6 +61,9 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     stream: PromptStream
     step: int = 0
+    share_prompt_pass: bool = True
+    """The student's prompt pass (with grad) doubles as the sampler's prefill; only without dropout, where the
+    training-mode forward equals the sampler's eval-mode one."""
 
     @property
     def cfg(self) -> TrainConfig:
@@ -97,7 +109,8 @@ def build_trainer(stage: Stage) -> Trainer:
     optimizer = build_optimizer(model, cfg.train)
     wrapped = accelerator.prepare_model(model)
     trainer = Trainer(stage, accelerator, model, wrapped, loaded.tokenizer, teacher, optimizer,
-                      build_scheduler(optimizer, cfg.train), PromptStream(rows, cfg.seed))
+                      build_scheduler(optimizer, cfg.train), PromptStream(rows, cfg.seed),
+                      share_prompt_pass=not has_active_dropout(model))
     if stage.resume:
         _restore(trainer, ckpt.latest_checkpoint(stage.checkpoint_dir))
     return trainer
@@ -173,19 +186,26 @@ def _mean_over_processes(accelerator: Accelerator, metrics: dict) -> dict:
 
 def _micro_step(trainer: Trainer, batch: list[PreparedRow], timings: dict) -> tuple[dict, list[dict]]:
     cfg, device, pad = trainer.cfg, trainer.stage.loaded.device, trainer.tokenizer.pad_token_id
+    prompt_ids, prompt_mask = left_pad([r.student_ids for r in batch], pad, device)
+    prompt = None
+    if trainer.share_prompt_pass:  # the first half of the student's forward, and the sampler's prefill
+        with _timed(timings, "student_forward_backward"):
+            prompt = prompt_pass(trainer.wrapped, prompt_ids, prompt_mask)
     with _timed(timings, "generation"):
-        prompt_ids, prompt_mask = left_pad([r.student_ids for r in batch], pad, device)
-        rollout = sample_completions(trainer.model, trainer.tokenizer, prompt_ids, prompt_mask, cfg)
+        rollout = sample_completions(trainer.model, trainer.tokenizer, prompt_ids, prompt_mask, cfg, prompt)
     with _timed(timings, "teacher_forward"):
         teacher_ids, teacher_mask = left_pad([r.teacher_ids for r in batch], pad, device)
         teacher_logits = trainer.teacher.logits(teacher_ids, teacher_mask, rollout)
     with _timed(timings, "student_forward_backward"):
-        student_logits = completion_logits(trainer.wrapped, prompt_ids, prompt_mask, rollout)
+        if prompt is not None:
+            student_logits = student_completion_logits(trainer.wrapped, prompt, rollout)
+        else:
+            student_logits = completion_logits(trainer.wrapped, prompt_ids, prompt_mask, rollout)
         loss_mask = rollout.mask if cfg.capped_completions_in_loss else rollout.mask * (~rollout.hit_cap[:, None])
         loss, stats = distillation_loss(student_logits, teacher_logits, loss_mask, cfg.loss, completion_ids=rollout.ids)
         _require_finite(loss, trainer)
         (loss / cfg.gradient_accumulation).backward()
-    texts = trainer.tokenizer.batch_decode(rollout.ids, skip_special_tokens=True)
+    texts = trainer.tokenizer.batch_decode(rollout.ids[: cfg.sample_count], skip_special_tokens=True)  # only those kept
     samples = [{"prompt": r.row.prompt, "completion": t, "demonstration": r.row.demonstration} for r, t in zip(batch, texts)]
     part = {"loss": loss.item(), **stats.to_dict(), "completion_tokens": rollout.mask.sum(1).float().mean().item(),
             "capped_share": rollout.hit_cap.float().mean().item(), "tokens": int(rollout.mask.sum())}
@@ -212,4 +232,6 @@ def _require_finite(loss: torch.Tensor, trainer: Trainer) -> None:
 def _timed(timings: dict, key: str):
     started = time.perf_counter()
     yield
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # queued kernels belong to this phase, not to the next one
     timings[key] += time.perf_counter() - started

@@ -4,7 +4,8 @@
 |--------|----------------------------------------------------|---------------------------------------------------|
 | frozen | a second copy of the stage-start weights (memory)  | the adapter disabled: no second copy              |
 | ema    | fp32 shadow weights + a copy of the model to run   | fp32 shadow of the adapter's effective update     |
-|        | them (phi <- a*theta + (1-a)*phi every step)       | (scale * B @ A), added to the base layers by hooks |
+|        | them (phi <- a*theta + (1-a)*phi every step); for  | (scale * B @ A), added to the base layers' weights |
+|        | an fp32 model the copy's weights are the shadow    | while the teacher runs                            |
 | live   | the student itself, no gradient (the paper saw it diverge)                                             |
 
 Every teacher is built from the in-memory model at stage start, never re-read from disk, and its state is
@@ -79,18 +80,22 @@ class FrozenAdapterTeacher(Teacher):
 
 class EmaCopyTeacher(FrozenCopyTeacher):
     """Full fine-tuning, EMA: fp32 shadow weights updated after every step, cast into a runnable copy.
-    The shadow is fp32 whatever the model dtype: in bf16 an update of rate 0.01 would round away."""
+    The shadow is fp32 whatever the model dtype: in bf16 an update of rate 0.01 would round away. For an fp32
+    parameter the copy's own tensor is the shadow: no third set of weights, nothing to cast."""
 
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
         self.rate = rate
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+        copies = dict(self.copy.named_parameters())
+        self.shadow = {n: copies[n].detach() if copies[n].dtype == torch.float32 else p.detach().float().clone()
+                       for n, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def update(self) -> None:
         current = dict(self.student.named_parameters())
-        for name, shadow in self.shadow.items():
-            shadow.mul_(1.0 - self.rate).add_(current[name].detach().float(), alpha=self.rate)
+        shadows = list(self.shadow.values())
+        torch._foreach_mul_(shadows, 1.0 - self.rate)  # the same arithmetic as mul_ then add_, in one call per step
+        torch._foreach_add_(shadows, [current[name].detach().float() for name in self.shadow], alpha=self.rate)
         _copy_into(self.copy, self.shadow)
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -105,7 +110,8 @@ class EmaCopyTeacher(FrozenCopyTeacher):
 class EmaAdapterTeacher(Teacher):
     """LoRA, EMA: an fp32 shadow of each adapted layer's effective update scale * B @ A (an EMA of the
     product, which no fixed-rank adapter can hold). The teacher runs the base weights with the adapter
-    disabled and each base layer's output plus x @ shadow^T. Memory: one fp32 matrix per adapted layer."""
+    disabled, each adapted base layer computing with its weight plus the shadow (_run_with_update).
+    Memory: one fp32 matrix per adapted layer."""
 
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
@@ -120,14 +126,13 @@ class EmaAdapterTeacher(Teacher):
 
     @contextlib.contextmanager
     def _weights(self):
-        hooks = [layer.base_layer.register_forward_hook(_add_update(self.shadow[name]))
-                 for name, layer in self.layers.items()]
+        undo = [_run_with_update(layer.base_layer, self.shadow[name]) for name, layer in self.layers.items()]
         try:
             with self.student.disable_adapter():
                 yield
         finally:
-            for hook in hooks:
-                hook.remove()
+            for restore in undo:
+                restore()
 
     def state_dict(self) -> dict[str, Tensor]:
         return dict(self.shadow)
@@ -153,6 +158,18 @@ def _effective_update(layer) -> Tensor:
     return (b @ a) * layer.scaling[adapter]
 
 
+def _run_with_update(base: torch.nn.Linear, update: Tensor) -> Callable[[], None]:
+    """Make `base` compute with its weight plus `update`; returns the undo. An fp32 layer runs one matmul with the
+    merged weight W + U (a temporary, one layer at a time) instead of a second full-rank matmul x @ U^T: the teacher
+    forward then costs what the student's does. A lower-precision layer keeps the fp32 side path, since W + U
+    rounded to bf16 would lose the small EMA update."""
+    if base.weight.dtype == update.dtype:
+        base.forward = lambda x: torch.nn.functional.linear(x, base.weight + update, base.bias)
+        return lambda: vars(base).pop("forward", None)
+    hook = base.register_forward_hook(_add_update(update))
+    return hook.remove
+
+
 def _add_update(update: Tensor) -> Callable:
     def hook(module, inputs, output):
         return output + torch.nn.functional.linear(inputs[0].to(update.dtype), update).to(output.dtype)
@@ -163,7 +180,7 @@ def _add_update(update: Tensor) -> Callable:
 def _copy_into(model: torch.nn.Module, weights: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name in weights:
+            if name in weights and weights[name].data_ptr() != param.data_ptr():  # a shared fp32 shadow is already there
                 param.copy_(weights[name])
 
 

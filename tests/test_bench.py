@@ -1,0 +1,79 @@
+"""scripts/bench.py's plumbing on the tiny random model: every engine runs a step and reports its split, the ratios
+come from the right configurations, and the JSON holds them. No timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+SMALL = {"task": "repeat", "batch": 2, "max_completion": 40, "rows": 4, "warmup": 1, "steps": 1, "threads": 1,
+         "device": "cpu", "dtype": "float32", "seed": 0}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake(step: float, train_mb: float, peak_mb: float = 1000.0) -> dict:
+    return {"step_seconds": step, "train_mb": train_mb, "peak_mb": peak_mb}
+
+
+def test_ratios_come_from_the_named_configurations(bench):
+    results = {"sdft-ema-full": fake(3.0, 0), "sft-full": fake(2.0, 0), "trl-ema-full": fake(6.0, 0),
+               "sdft-frozen-lora": fake(1.0, 110.0, 900.0), "sdft-ema-lora": fake(1.0, 120.0, 950.0),
+               "sft-lora": fake(1.0, 100.0, 800.0)}
+    ratios = bench.ratios(results)
+    assert ratios["sdft_over_sft"] == 1.5 and ratios["trl_over_sdft"] == 2.0
+    assert ratios["lora_peak_mem_sdft_over_sft"] == pytest.approx(1.2)  # the larger of the two LoRA teachers
+    assert ratios["lora_peak_rss_total_sdft_over_sft"] == pytest.approx(950 / 800)
+    assert ratios["trl_over_sdft_frozen_lora"] is None and ratios["sdft_frozen_over_sft"] is None  # not measured
+
+
+@pytest.mark.parametrize("config", ["sdft-ema-full", "sdft-frozen-lora", "sft-lora", "trl-frozen-lora"])
+def test_one_measured_step_of_each_engine(bench, tiny_model_dir, config):
+    result = bench.run_worker({**SMALL, "config": config, "model": str(tiny_model_dir)})
+    assert len(result["steps_seconds"]) == 1 and result["step_seconds"] > 0
+    assert set(result["phases"]) == set(bench.PHASES) and all(v >= 0 for v in result["phases"].values())
+    assert result["tokens_per_step"] > 0 and result["peak_mb"] >= result["rss_after_load_mb"] > 0
+    sdft = not config.startswith("sft")
+    assert (result["phases"]["generation"] > 0) == sdft and (result["phases"]["teacher_forward"] > 0) == sdft
+    assert result["phases"]["student_forward_backward"] > 0 and result["phases"]["optimizer"] > 0
+
+
+def test_the_script_writes_the_table_and_the_json(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(SCRIPT), "--model", str(tiny_model_dir), "--configs", "sdft-frozen-lora,sft-lora",
+               "--task", "repeat", "--batch", "2", "--rows", "2", "--max-completion", "40", "--warmup", "0",
+               "--steps", "1", "--threads", "1", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "lora_peak_mem_sdft_over_sft" in done.stdout and "sdft-frozen-lora" in done.stdout
+    report = json.loads(out.read_text())
+    assert {"sdft_over_sft", "trl_over_sdft", "lora_peak_mem_sdft_over_sft"} <= set(report["ratios"])
+    assert report["ratios"]["lora_peak_mem_sdft_over_sft"] > 0 and report["ratios"]["sdft_over_sft"] is None
+    assert set(report["configs"]) == {"sdft-frozen-lora", "sft-lora"} and report["machine"]["torch"]
+
+
+def test_a_preset_shape_is_built_once_with_the_embedded_tokenizer(bench, tmp_path, monkeypatch):
+    from sdft.config import ModelConfig
+    from sdft.models import load_model
+
+    monkeypatch.setitem(bench.SHAPES, "tiny-qwen", dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                        num_attention_heads=2, num_key_value_heads=1))
+    path = bench.resolve_model("tiny-qwen", tmp_path)
+    assert bench.resolve_model("tiny-qwen", tmp_path) == path and bench.resolve_model("embedded", tmp_path) == "embedded"
+    loaded = load_model(ModelConfig(name_or_path=path))
+    assert loaded.model.config.vocab_size == 151936 and loaded.model.config.model_type == "qwen2"
+    assert loaded.tokenizer.eos_token_id == loaded.model.generation_config.eos_token_id
