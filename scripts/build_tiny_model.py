@@ -1,6 +1,6 @@
 """Build the embedded world's tiny model from a seed, with nothing downloaded, on a CPU.
 
-    python scripts/build_tiny_model.py            # writes sdft/assets/tiny/ (880 s measured on 2 cores)
+    python scripts/build_tiny_model.py            # writes sdft/assets/tiny/ (1042 s measured on 2 partly shared cores)
     python scripts/build_tiny_model.py --out /tmp/tiny --scale 0.2   # a quick, weaker build
 
 Steps: (1) a character-level tokenizer with a chat template, (2) a small LlamaForCausalLM, (3) a synthetic
