@@ -4,10 +4,11 @@ stage start), sampled completions (a lean KV-cache sampling loop), and logits on
 The hot path of an SDFT step, and why it is shaped this way (scripts/bench.py measures it):
 - the student's prompt pass is computed once, with grad: its KV cache is the sampler's prefill and the first half of
   the student's training forward (`prompt_pass`, `sample_completions`, `student_completion_logits`);
-- the sampler is a plain loop over a preallocated KV cache (no `generate`: its per-token machinery and the growing
-  cache's copies cost more than the model on small models), decoding exactly as `generate` does;
-- the teacher's (and a plain student's) forward runs on unpadded rows packed to the left, so attention is purely
-  causal (no mask, the fast kernel) and no compute goes to the padding between prompt and completion.
+- the sampler is a plain loop over a preallocated KV cache in which finished rows leave the batch (no `generate`:
+  its growing cache copies itself every token, and it keeps computing finished rows until the last one ends),
+  drawing exactly the tokens `generate` draws under the same seed;
+- the teacher's (and a plain student's) forward runs on each row's real tokens packed to the left: the width is the
+  longest row, not the longest prompt plus the longest completion, and attention needs no mask.
 """
 
 from __future__ import annotations
@@ -259,9 +260,11 @@ def completion_logits(model, prefix_ids: Tensor, prefix_mask: Tensor, rollout: R
     """[B, T, V] logits predicting each completion token, from prefix (left-padded) + completion.
 
     Each row's real tokens (prefix, then completion up to its eos) are packed to the left and the padding moved to
-    the end, so plain causal attention (no mask: the fast kernel) and natural positions give exactly an unpadded
-    row's logits. Only positions from the shortest prefix's last token on are projected to the vocabulary; row i's
-    completion logits are gathered from its own offset (positions past its eos repeat a real position: masked)."""
+    the end, so plain causal attention (no mask) and natural positions give exactly an unpadded row's logits, over a
+    width of the longest row instead of the longest prefix plus the longest completion (the two are equal only when
+    the longest prefix draws the longest completion). Only positions from the shortest prefix's last token on are
+    projected to the vocabulary; row i's completion logits are gathered from its own offset (positions past its eos
+    repeat a real position: masked)."""
     ids = torch.cat([prefix_ids, rollout.ids], dim=1)
     real = torch.cat([prefix_mask, rollout.mask], dim=1).bool()
     width = int(real.sum(dim=1).max())
