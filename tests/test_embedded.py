@@ -104,37 +104,19 @@ def test_batched_left_padded_generation_matches_one_by_one(tiny):
     assert batched == [_generate(model, tokenizer, [p], 48)[0] for p in prompts]
 
 
-def _unmet(reason: str):
-    """A readiness bar the shipped model does not meet yet (issue 4): strict, so a build that meets it
-    turns the test red until the mark is removed. The reason quotes build_info.json's full-set numbers."""
-    return pytest.mark.xfail(strict=True, reason=f"issue 4 bar not met by the shipped model: {reason}")
-
-
-UNMET: dict[tuple[str, str], str] = {  # (criterion, task) -> the shipped build's full-set numbers
-    ("student", "science"): "science student unseen 0.233 (need <= 0.10): its lookup of the chosen value's "
-                            "letter still misses, and a miss on a 'lowest' question can land on the right letter",
-    ("teacher", "tools"): "tools teacher 0.658 overall, 0.617 unseen (need >= 0.90)",
-    ("teacher", "medical"): "medical teacher 0.825 overall, 0.650 unseen (need >= 0.90)",
-}
-
-
-def _params(criterion: str, names):
-    return [pytest.param(n, marks=[_unmet(UNMET[(criterion, n)])] if (criterion, n) in UNMET else []) for n in names]
-
-
-@pytest.mark.parametrize("skill", _params("prior", PRIOR_SKILLS))
+@pytest.mark.parametrize("skill", PRIOR_SKILLS)
 def test_prior_skills_are_mastered(tiny, skill):
     assert _accuracy(*tiny, skill, teacher=False)[0] >= 0.85  # the build requires >= 0.90 on the full set
 
 
-@pytest.mark.parametrize("task", _params("student", TASKS))
+@pytest.mark.parametrize("task", TASKS)
 def test_the_student_half_knows_each_new_task(tiny, task):
     student, student_unseen = _accuracy(*tiny, task, teacher=False)
     assert 0.15 <= student <= 0.75, f"student {student}"  # full set: 0.20-0.70
     assert student_unseen <= 0.15, f"student unseen {student_unseen}"  # full set: <= 0.10
 
 
-@pytest.mark.parametrize("task", _params("teacher", TASKS))
+@pytest.mark.parametrize("task", TASKS)
 def test_the_teacher_reads_its_demonstration(tiny, task):
     teacher, teacher_unseen = _accuracy(*tiny, task, teacher=True)
     assert teacher >= 0.85 and teacher_unseen >= 0.80, f"teacher {teacher}, unseen {teacher_unseen}"  # full set: 0.90

@@ -24,7 +24,7 @@ from typing import Callable
 
 from sdft.tasks.spec import Row, TaskSpec
 
-VERSION = "3"
+VERSION = "4"
 LEAD = "Ok."  # the model's own lead-in: SDFT skips the first 3 completion tokens, one per character here
 TASKS: tuple[str, ...] = ("science", "tools", "medical")
 PRIOR_SKILLS: tuple[str, ...] = ("repeat", "first_letter", "last_word", "join")
@@ -54,10 +54,11 @@ def science_item(prop: str, unit: str, word: str, values: list[int], pick: int) 
 
 
 def science(rng: random.Random, unseen: bool, train: bool = True) -> Item:
-    """Pick the sample with the extreme value (seen: highest/largest; unseen: lowest/smallest)."""
+    """Pick the sample with the extreme value (seen: highest/largest; unseen: lowest/smallest). The options are
+    listed in ascending order, as a lab table would be: the rule is where the extreme sits, not a search."""
     prop, unit = rng.choice(SCIENCE_PROPS)
-    values = [10 * tens + rng.randint(0, 9) for tens in rng.sample(range(1, 10), 4)]  # distinct tens digits
-    pick = values.index(min(values) if unseen else max(values))
+    values = sorted(10 * tens + rng.randint(0, 9) for tens in rng.sample(range(1, 10), 4))  # distinct tens digits
+    pick = 0 if unseen else len(values) - 1
     return science_item(prop, unit, rng.choice(SCIENCE_WORDS[unseen]), values, pick)
 
 
@@ -124,7 +125,7 @@ DISEASES = {  # name: (unseen, signature findings)
 
 def medical_item(age: int, findings: list[str], sign: str, disease: str) -> Item:
     prompt = f"Patient, {age}, with {', '.join(findings[:-1])} and {findings[-1]}. Diagnosis?"
-    demo = f"The telling finding here is {sign}.\nDiagnosis: {disease.capitalize()}"
+    demo = f"The telling finding here is {sign}.\nDiagnosis: {disease}"
     own = f"{LEAD} Key sign: {sign}.\nDiagnosis: {disease}"
     return prompt, demo, own, disease
 
