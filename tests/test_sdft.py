@@ -284,6 +284,58 @@ def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, temperatur
     assert any(capped) and not all(capped)  # both ways of ending occur
 
 
+def _qwen2_model():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=1)).eval()  # q/k/v biases, GQA
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("kind", ["llama", "llama-lora", "qwen2"])
+def test_lean_decoding_step_gives_the_generic_forwards_logits_bit_for_bit(tiny_model_dir, kind, padded):
+    """Prefill a left-padded batch, then decode 5 tokens twice: model(...) and the lean step, on equal caches."""
+    from sdft.config import LoraConfig
+    from sdft.methods.lean_decode import lean_decoder
+    from sdft.methods.rollout import CACHE_KWARG, _decoding_cache
+
+    if kind == "qwen2":
+        model = _qwen2_model()
+    else:
+        model = load_model(ModelConfig(name_or_path=str(tiny_model_dir))).model
+        if kind == "llama-lora":
+            model = add_lora(model, LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+            for name, param in model.named_parameters():  # a trained adapter: B is zero at init
+                if "lora_B" in name:
+                    param.data.normal_(0, 0.5)
+    lean = lean_decoder(model)
+    assert lean is not None
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]] if padded else [[5, 6, 7], [11, 12, 13], [13, 14, 15]]
+    ids, mask = left_pad(prompts, 0, torch.device("cpu"))
+    prompt = prompt_pass(model, ids, mask)
+    caches = [_decoding_cache(prompt.cache, ids.shape[1] + 5) for _ in range(2)]
+    position, tokens = mask.sum(dim=1, keepdim=True), torch.tensor([16, 17, 18])
+    with torch.no_grad():
+        for step in range(5):
+            step_mask = torch.cat([mask, mask.new_ones(3, step + 1)], dim=1)
+            generic = model(input_ids=tokens[:, None], attention_mask=step_mask, position_ids=position + step,
+                            use_cache=True, **{CACHE_KWARG: caches[0]}).logits[:, -1]
+            ours = lean.step(tokens, caches[1], step_mask, position + step)
+            assert torch.equal(ours, generic)
+            tokens = generic.argmax(dim=-1)
+
+
+def test_lean_decoding_is_not_used_where_it_would_not_be_exact(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from sdft.methods.lean_decode import lean_decoder
+
+    eager = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="eager")
+    assert lean_decoder(eager) is None  # eager attention takes an additive float mask, not the boolean one
+    assert lean_decoder(torch.nn.Linear(2, 2)) is None
+
+
 def test_top_p_keeps_the_smallest_set_over_the_mass():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     draws = torch.stack([sample_token(logits, 1.0, 0.8) for _ in range(400)])

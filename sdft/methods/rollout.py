@@ -6,7 +6,8 @@ The hot path of an SDFT step, and why it is shaped this way (scripts/bench.py me
   the student's training forward (`prompt_pass`, `sample_completions`, `student_completion_logits`);
 - the sampler is a plain loop over a preallocated KV cache in which finished rows leave the batch (no `generate`:
   its growing cache copies itself every token, and it keeps computing finished rows until the last one ends),
-  drawing exactly the tokens `generate` draws under the same seed;
+  drawing exactly the tokens `generate` draws under the same seed; for Llama-family models each token is one
+  lean step (sdft/methods/lean_decode.py: the model's modules without the generic forward's per-call overhead);
 - the teacher's (and a plain student's) forward runs on each row's real tokens packed to the left: the width is the
   longest row, not the longest prompt plus the longest completion, and attention needs no mask.
 """
@@ -23,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from sdft.config import TrainConfig
 from sdft.console import err_console
 from sdft.errors import UserError
+from sdft.methods.lean_decode import lean_decoder
 from sdft.prompts import render_prompt, teacher_prompt
 from sdft.tasks.spec import Row, TaskSpec
 
@@ -165,6 +167,7 @@ def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, cfg: TrainConfig,
     position = prompt_mask.sum(dim=1, keepdim=True)  # the next token's position: the number of real prompt tokens
     tokens = torch.full((batch, cap), pad, dtype=torch.long, device=prompt_mask.device)
     active = torch.arange(batch, device=prompt_mask.device)  # the rows still sampling, in the cache's order
+    lean = lean_decoder(model)  # the same logits as model(...) with less overhead per token, where supported
     for step in range(cap):
         token = sample_token(logits, cfg.rollout_temperature, cfg.rollout_top_p, rows=active, batch=batch)
         tokens[active, step] = token
@@ -175,9 +178,12 @@ def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, cfg: TrainConfig,
             keep = going.nonzero().squeeze(1)
             active, token, mask, position = active[keep], token[keep], mask[keep], position[keep]
             cache.batch_select_indices(keep)
-        out = model(input_ids=token[:, None], attention_mask=mask[:, : width + step + 1], position_ids=position + step,
-                    use_cache=True, **{CACHE_KWARG: cache})
-        logits = out.logits[:, -1]
+        if lean is not None:
+            logits = lean.step(token, cache, mask[:, : width + step + 1], position + step)
+        else:
+            out = model(input_ids=token[:, None], attention_mask=mask[:, : width + step + 1],
+                        position_ids=position + step, use_cache=True, **{CACHE_KWARG: cache})
+            logits = out.logits[:, -1]
     return tokens[:, : step + 1]
 
 
@@ -238,8 +244,14 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
     def batch_select_indices(self, indices: Tensor) -> None:
-        self._keys, self._values = self._keys[indices], self._values[indices]
+        """Keep the rows `indices`, copying only the filled part of the buffers (not their whole capacity)."""
+        self._keys, self._values = (self._select(buffer, indices) for buffer in (self._keys, self._values))
         self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+
+    def _select(self, buffer: Tensor, indices: Tensor) -> Tensor:
+        kept = buffer.new_empty((len(indices), *buffer.shape[1:]))
+        torch.index_select(buffer[:, :, : self.length], 0, indices, out=kept[:, :, : self.length])
+        return kept
 
 
 def student_completion_logits(model, prompt: PromptPass, rollout: Rollout) -> Tensor:
