@@ -7,7 +7,9 @@ TRL's experimental SDFT (train.engine: trl), on the same model, data, batch, len
 
 Each configuration runs in a fresh subprocess that imports the same modules and runs only that configuration, so
 its peak memory is its own: the RSS high-water mark on CPU (`peak`, and `+train` = peak minus the RSS after the
-imports, i.e. weights plus everything training adds), torch.cuda.max_memory_allocated on a GPU.
+imports, i.e. weights plus everything training adds), torch.cuda.max_memory_allocated on a GPU. The configurations
+run in --rounds interleaved rounds (default 3; --quick 2), and every figure is the median over rounds: on a shared
+machine one configuration's step time can drift by 40% within minutes, and interleaving spreads the drift over all.
 
 Definitions (identical for every engine):
 - step: wall time between the ends of two consecutive optimizer steps, everything the engine does included;
@@ -65,11 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     model_path = resolve_model(args.model, Path(args.cache_dir))
     common = {key: getattr(args, key) for key in SPEC_KEYS}
-    results = {}
-    for name in args.configs:
-        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_subprocess({**common, "config": name, "model": model_path})
-    settings = {"model": args.model, "model_path": model_path, "model_sha256": weights_digest(model_path), **common}
+    results = measure(args.configs, {**common, "model": model_path}, args.rounds)
+    settings = {"model": args.model, "model_path": model_path, "model_sha256": weights_digest(model_path), **common,
+                "rounds": args.rounds}
     report = {"machine": machine(args), "settings": settings, "configs": results, "ratios": ratios(results)}
     print(format_table(report))
     if args.json:
@@ -91,19 +91,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="1 warm-up + 5 measured steps")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every configuration, interleaved (medians over rounds)")
+    parser.add_argument("--quick", action="store_true", help="1 warm-up + 5 measured steps, 2 rounds")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "sdft-bench"),
                         help="where preset-shaped random models are built once")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.warmup, args.steps = 1, 5
+        args.warmup, args.steps, args.rounds = 1, 5, 2
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.configs = [c for c in args.configs.split(",") if c]
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
     return args
+
+
+def measure(configs: list[str], common: dict, rounds: int) -> dict:
+    """Every configuration once per round, in fresh subprocesses; the order reverses every other round, so a machine
+    that slows down or speeds up during the run weighs on every configuration alike."""
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
+    for number in range(rounds):
+        for name in configs if number % 2 == 0 else configs[::-1]:
+            print(f"[bench] round {number + 1}/{rounds}: {name} ...", file=sys.stderr, flush=True)
+            runs[name].append(run_subprocess({**common, "config": name}))
+    return {name: merge_rounds(results) for name, results in runs.items()}
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """One configuration's rounds as one result: each figure the median over rounds of that round's figure."""
+    if len(results) == 1:
+        return results[0]
+    median = lambda key: statistics.median(r[key] for r in results)  # noqa: E731
+    merged = {**results[0], **{key: median(key) for key in ("step_seconds", "tokens_per_step", "peak_mb", "train_mb",
+                                                             "rss_after_imports_mb", "rss_after_load_mb")}}
+    merged["phases"] = {p: statistics.median(r["phases"][p] for r in results) for p in PHASES}
+    merged["tokens_per_second"] = merged["tokens_per_step"] / merged["step_seconds"]
+    merged["steps_seconds"] = [s for r in results for s in r["steps_seconds"]]
+    merged["rounds_step_seconds"] = [r["step_seconds"] for r in results]
+    return merged
 
 
 def run_subprocess(spec: dict) -> dict:
@@ -176,7 +204,7 @@ def format_table(report: dict) -> str:
     lines += [f"{key:<36} {value:.3f}" if value is not None else f"{key:<36} n/a" for key, value in report["ratios"].items()]
     m, s = report["machine"], report["settings"]
     lines.append(f"\nmodel {s['model']}, task {s['task']}, batch {s['batch']}, max completion {s['max_completion']}, {s['dtype']}, "
-                 f"median of {s['steps']} steps after {s['warmup']}; {m['device']}, {m['cpu_cores']} cores, "
+                 f"median of {s['steps']} steps after {s['warmup']}, median over {s['rounds']} rounds; {m['device']}, {m['cpu_cores']} cores, "
                  f"threads {s['threads'] or 'default'}, torch {m['torch']}")
     return "\n".join(lines)
 

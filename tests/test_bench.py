@@ -77,3 +77,21 @@ def test_a_preset_shape_is_built_once_with_the_embedded_tokenizer(bench, tmp_pat
     loaded = load_model(ModelConfig(name_or_path=path))
     assert loaded.model.config.vocab_size == 151936 and loaded.model.config.model_type == "qwen2"
     assert loaded.tokenizer.eos_token_id == loaded.model.generation_config.eos_token_id
+
+
+def test_rounds_interleave_and_merge_to_medians(bench, monkeypatch):
+    order = []
+
+    def run(spec):
+        order.append(spec["config"])
+        step = {"a": [1.0, 5.0, 2.0], "b": [4.0, 4.0, 4.0]}[spec["config"]][sum(c == spec["config"] for c in order) - 1]
+        phases = {p: step / 10 for p in bench.PHASES}
+        return {"step_seconds": step, "phases": phases, "tokens_per_step": 10.0, "peak_mb": step * 100, "train_mb": step,
+                "rss_after_imports_mb": 1.0, "rss_after_load_mb": 2.0, "steps_seconds": [step]}
+
+    monkeypatch.setattr(bench, "run_subprocess", run)
+    merged = bench.measure(["a", "b"], {}, rounds=3)
+    assert order == ["a", "b", "b", "a", "a", "b"]  # every other round reversed
+    assert merged["a"]["step_seconds"] == 2.0 and merged["a"]["rounds_step_seconds"] == [1.0, 5.0, 2.0]
+    assert merged["a"]["phases"]["generation"] == pytest.approx(0.2) and merged["a"]["peak_mb"] == 200.0
+    assert merged["a"]["tokens_per_second"] == 5.0 and merged["b"]["step_seconds"] == 4.0
