@@ -95,3 +95,17 @@ def test_rounds_interleave_and_merge_to_medians(bench, monkeypatch):
     assert merged["a"]["step_seconds"] == 2.0 and merged["a"]["rounds_step_seconds"] == [1.0, 5.0, 2.0]
     assert merged["a"]["phases"]["generation"] == pytest.approx(0.2) and merged["a"]["peak_mb"] == 200.0
     assert merged["a"]["tokens_per_second"] == 5.0 and merged["b"]["step_seconds"] == 4.0
+
+
+def test_the_ab_script_times_the_four_variants(tiny_model_dir, capsys):
+    spec = importlib.util.spec_from_file_location("bench_ab", SCRIPT.parent / "bench_ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--model", str(tiny_model_dir), "--reps", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:2] == ["lean", "decoding"] and len(lines) == 5
+    assert [line.split()[:2] for line in lines[1:]] == [["True", "True"], ["True", "False"], ["False", "True"], ["False", "False"]]
+    assert all(float(line.split()[2]) > 0 for line in lines[1:])
+    from sdft.methods import lean_decode, rollout
+
+    assert rollout.lean_decoder is lean_decode.lean_decoder  # the switch is put back
