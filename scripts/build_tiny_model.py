@@ -1,13 +1,14 @@
 """Build the embedded world's tiny model from a seed, with nothing downloaded, on a CPU.
 
-    python scripts/build_tiny_model.py            # writes sdft/assets/tiny/ (13 min 51 s measured on 2 quiet cores)
+    python scripts/build_tiny_model.py            # writes sdft/assets/tiny/ (14 min 32 s measured on 2 quiet cores)
     python scripts/build_tiny_model.py --out /tmp/tiny --scale 0.2   # a quick, weaker build
 
-Steps: (1) a character-level tokenizer with a chat template, (2) a small LlamaForCausalLM, (3) a synthetic
-pretraining corpus built from the generators of sdft/tasks/embedded.py (so the shipped tasks and the corpus
-never drift apart), (4) pretraining with AdamW + cosine, loss on the assistant's tokens only, (5) readiness
-numbers on the held-out test sets (greedy, batched, left padding), (6) an atomic write of the Hugging Face
-files (safetensors, config, generation config, tokenizer, chat template).
+Steps: (1) a character-level tokenizer (plus whole-word tokens for the disease names) with a chat template,
+(2) a small LlamaForCausalLM, (3) a synthetic pretraining corpus built from the generators of
+sdft/tasks/embedded.py (so the shipped tasks and the corpus never drift apart), (4) pretraining with AdamW +
+cosine, loss on the assistant's tokens only, (5) readiness numbers on the held-out test sets (greedy, batched,
+left padding), (6) an atomic write of the Hugging Face files (safetensors, config, generation config,
+tokenizer, chat template).
 
 What the corpus teaches (see the module docstring of sdft/tasks/embedded.py for the world itself):
 - plain prompts, own-style answers: the prior skills, and the *seen* rows of the new tasks' train splits;
@@ -45,6 +46,10 @@ from sdft.tasks import embedded as E  # noqa: E402
 SEED = 1234
 SPECIALS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHARS = "\n" + "".join(chr(i) for i in range(32, 127))  # every printable ASCII character
+# Whole-word tokens, as a real tokenizer has for common words: the disease names. Spelled one character at a time, a
+# new name is a dozen tokens the student must find one by one, and after its first wrong character the teacher's
+# next-token targets are noise (SDFT then learned garbled names and broadened its distribution; world v4).
+WORDS = tuple(E.DISEASES)
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
@@ -55,9 +60,11 @@ MODEL = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_at
 # Examples per category at scale 1 (see corpus()).
 # Short plain items are cheap and teach fast; long teacher items are fewer, weighted towards generic copying
 # (the induction/copy mechanism is what lets the teacher read a demonstration).
-COUNTS = dict(prior_plain=6000, task_plain_epochs=4, prior_teacher=250, task_teacher=400, task_copy=1200,
+COUNTS = dict(prior_plain=6000, task_plain_epochs=4, prior_teacher=250, task_teacher=400, task_copy=1800,
               generic_copy=2500, lookup=3000, noisy=0.25, early_prior_share=80, early_copy_share=100,
               early_lookup_share=100)
+# task_copy was 1200 up to world v4; with whole-word disease names, builds at 1200 (and one at scale 1.8) missed a
+# teacher's readiness bar, and 1800 met every bar.
 # early_*_share: the percentage of that kind placed in the copy-rich warm-up phase. All generic copies early
 # (with half of them later, the teachers copied badly); prior items in both phases (all of them early, the
 # prior skills were forgotten by the end).
@@ -71,9 +78,10 @@ def build_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(SPECIALS + list(CHARS))}
+    vocab = {token: i for i, token in enumerate(SPECIALS + list(CHARS) + list(WORDS))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one char = one token
+    words = "|".join(WORDS)  # a whole word (see WORDS), else one char = one token
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(rf"\b(?:{words})\b|[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>", unk_token="<unk>",
@@ -123,7 +131,10 @@ def _repetitive_word(rng: random.Random) -> str:
 
 
 def medical_copy(rng: random.Random) -> E.Item:
-    disease = E.word(rng, 3, 6) + rng.choice(["itis", "osis", "emia", "ism", ""])
+    # a random name, or (six times in ten) a real one, so that every disease name's token, the unseen ones too,
+    # is one the teacher has copied from a demonstration; the signs are random, so no sign-disease pair is taught
+    disease = rng.choice(list(E.DISEASES)) if rng.random() < 0.6 else \
+        E.word(rng, 3, 6) + rng.choice(["itis", "osis", "emia", "ism", ""])
     sign = " ".join(E.word(rng, 3, 7) for _ in range(rng.randint(1, 2)))
     findings = rng.sample(E.COMMON_FINDINGS, 2) + [sign]
     rng.shuffle(findings)

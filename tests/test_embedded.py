@@ -70,6 +70,18 @@ def test_tokenizer_round_trips_everything_the_tasks_use(tiny):
     assert render_prompt(tokenizer, "Hi?") == "<|user|>Hi?<|end|><|assistant|>"
 
 
+def test_every_disease_name_is_one_token(tiny):
+    """As a common word is in a real tokenizer: spelled one character per token, a new name gave SDFT noise after the
+    student's first wrong character (world v4)."""
+    from sdft.tasks.embedded import DISEASES
+
+    _, tokenizer = tiny
+    for name in DISEASES:
+        ids = tokenizer(f"Diagnosis: {name}", add_special_tokens=False)["input_ids"]
+        assert tokenizer.convert_ids_to_tokens(ids[-1]) == name and len(ids) == len("Diagnosis: ") + 1
+    assert len(tokenizer("ragouts", add_special_tokens=False)["input_ids"]) == 7  # only whole words
+
+
 def test_generation_stops_on_eos(tiny):
     model, tokenizer = tiny
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id == model.config.eos_token_id

@@ -12,7 +12,8 @@ pretraining never touched, and the pretrained model answers it wrong without a d
 - science: "which sample has the highest/largest X" (seen: pick the maximum) vs "lowest/smallest X"
   (unseen: pick the minimum; the model's default applies the max rule and so always names a wrong letter);
 - tools: requests for weather/timer/play (seen) vs route/call (unseen tools);
-- medical: findings of gout/asthma/anemia/migraine (seen) vs scurvy/tetanus/rickets (unseen diseases).
+- medical: findings of gout/asthma/anemia/migraine (seen) vs scurvy/tetanus/rickets (unseen diseases); each
+  disease name is one token of the model's tokenizer, as a common word is in a real one.
 Test prompts never appear in the train split. Bump VERSION when any generated content changes.
 """
 
@@ -24,7 +25,7 @@ from typing import Callable
 
 from sdft.tasks.spec import Row, TaskSpec
 
-VERSION = "4"
+VERSION = "5"
 LEAD = "Ok."  # the model's own lead-in: SDFT skips the first 3 completion tokens, one per character here
 TASKS: tuple[str, ...] = ("science", "tools", "medical")
 PRIOR_SKILLS: tuple[str, ...] = ("repeat", "first_letter", "last_word", "join")
@@ -109,7 +110,7 @@ def tools(rng: random.Random, unseen: bool, train: bool = True) -> Item:
     return tools_item(names, rng.choice(templates).format(value), tool, {key: value})
 
 
-# --- medical: findings -> one line of reasoning -> "Diagnosis: <name>" ------------------------------------
+# --- medical: findings -> "Diagnosis: <name>" (the demonstration names the telling finding first) ----------
 
 COMMON_FINDINGS = ("fever", "fatigue", "headache", "nausea", "cough", "chills", "dizziness", "weight loss")
 DISEASES = {  # name: (unseen, signature findings)
@@ -126,7 +127,10 @@ DISEASES = {  # name: (unseen, signature findings)
 def medical_item(age: int, findings: list[str], sign: str, disease: str) -> Item:
     prompt = f"Patient, {age}, with {', '.join(findings[:-1])} and {findings[-1]}. Diagnosis?"
     demo = f"The telling finding here is {sign}.\nDiagnosis: {disease}"
-    own = f"{LEAD} Key sign: {sign}.\nDiagnosis: {disease}"
+    # The own style names only the diagnosis. (Up to v4 it first copied the sign, "Key sign: lockjaw.", but the
+    # model had only ever written the seen diseases' signs, so it garbled every unseen sign, and the teacher's
+    # targets after a garbled sign were broad: SDFT learned that breadth instead of the disease names.)
+    own = f"{LEAD} Diagnosis: {disease}"
     return prompt, demo, own, disease
 
 
