@@ -53,6 +53,12 @@ class LoraConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     """Module names that get adapters (Llama/Qwen naming)."""
+    ema: Literal["adapter", "update"] = "adapter"
+    """What train.teacher=ema averages for a LoRA student (fp32 either way, starting from the stage start).
+    adapter: the adapter's own weights A and B, as the full fine-tuning EMA averages the trainable weights (TRL and
+    SDPO do the same); memory: one more adapter. update: each adapted layer's effective update scale * B @ A, the
+    EMA of the weights the student computes with (B_ema @ A_ema is not that); memory: one fp32 matrix per adapted
+    layer, 4 bytes per base weight it covers (about 26 GB for a 7B model with every linear layer adapted)."""
 
 
 @dataclass

@@ -111,6 +111,8 @@ class ModelShapes:
     vocab: int
     lora_params: dict[str, int]
     """rank-1 LoRA parameter count per target module name (multiply by r)."""
+    linear_weights: dict[str, int]
+    """Weight count of the Linear layers per module name (what lora.ema=update shadows)."""
 
     def describe(self) -> list[str]:
         count = f"{self.params / 1e9:.2f}B" if self.params >= 1e9 else f"{self.params / 1e6:.2f}M"
@@ -136,14 +138,15 @@ def model_shapes(cfg: Config) -> ModelShapes | str:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
     text = config.get_text_config()
-    lora = {}
+    lora, weights = {}, {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             key = name.rsplit(".", 1)[-1]
             lora[key] = lora.get(key, 0) + module.in_features + module.out_features
+            weights[key] = weights.get(key, 0) + module.in_features * module.out_features
     params = sum(p.numel() for p in model.parameters())
     return ModelShapes(cfg.model.name_or_path, params, text.hidden_size, text.num_hidden_layers,
-                       text.vocab_size, lora)
+                       text.vocab_size, lora, weights)
 
 
 def memory_lines(cfg: Config, shapes: ModelShapes) -> list[str]:
@@ -157,8 +160,11 @@ def memory_lines(cfg: Config, shapes: ModelShapes) -> list[str]:
         parts["teacher copy"] = shapes.params * size
         if train.teacher == "ema":
             parts["EMA shadow (fp32)"] = shapes.params * 4
-    elif train.method == "sdft" and train.teacher == "ema":
+    elif train.method == "sdft" and train.teacher == "ema" and cfg.lora.ema == "adapter":
         parts["EMA shadow of the adapters (fp32)"] = trainable * 4
+    elif train.method == "sdft" and train.teacher == "ema":
+        covered = sum(v for k, v in shapes.linear_weights.items() if k in cfg.lora.target_modules)
+        parts["EMA shadow of the adapted layers' updates (fp32, lora.ema=update)"] = covered * 4
     micro = max(1, train.batch_size // train.gradient_accumulation)
     seq = (train.max_completion_tokens if train.method == "cpt" else train.max_prompt_tokens + train.max_completion_tokens)
     per_token = ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * shapes.layers * shapes.hidden * size / 2

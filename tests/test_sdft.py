@@ -23,7 +23,7 @@ from sdft.methods.rollout import (
     student_completion_logits,
 )
 from sdft.methods.stage import Stage, add_lora
-from sdft.methods.teacher import EmaAdapterTeacher, EmaCopyTeacher, FrozenAdapterTeacher, FrozenCopyTeacher
+from sdft.methods.teacher import EmaAdapterTeacher, EmaCopyTeacher, EmaUpdateTeacher, FrozenAdapterTeacher, FrozenCopyTeacher
 from sdft.models import load_model
 from sdft.tasks.loading import rows_from_records
 from sdft.tasks.spec import TaskSpec
@@ -130,10 +130,46 @@ def test_ema_teacher_equals_closed_form_history(tiny_model_dir, task, tmp_path, 
     assert torch.equal(copy_params[name], trainer.teacher.shadow[name].to(copy_params[name].dtype))
 
 
-def test_ema_adapter_teacher_is_the_ema_of_the_effective_update(tiny_model_dir, task, tmp_path):
+def test_ema_adapter_teacher_is_the_ema_of_the_adapter_weights_and_leaves_the_student_alone(tiny_model_dir, task, tmp_path):
     stage = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.ema_rate=0.4", lora=True)
     trainer = sdft_method.build_trainer(stage)
-    assert isinstance(trainer.teacher, EmaAdapterTeacher)
+    assert isinstance(trainer.teacher, EmaAdapterTeacher)  # lora.ema=adapter is the default
+    adapter = lambda: {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}  # noqa: E731
+    history = [adapter()]
+    assert history[0] and all(".lora_" in name for name in history[0])
+    for _ in range(3):
+        sdft_method.train_step(trainer)
+        history.append(adapter())
+    expected = closed_form_ema(history, 0.4)
+    assert trainer.teacher.shadow.keys() == expected.keys()
+    for name, shadow in trainer.teacher.shadow.items():
+        assert shadow.dtype == torch.float32
+        torch.testing.assert_close(shadow.double(), expected[name], atol=1e-6, rtol=1e-5)
+    # the teacher's forward pass is the student's modules with the shadow as the adapter's weights
+    averaged = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        for name, p in averaged.named_parameters():
+            if name in expected:
+                p.copy_(expected[name])
+    ids, mask = left_pad([[5, 6, 7]], 0, torch.device("cpu"))
+    rollout = completion_from_tokens(torch.tensor([[8, 9, 10]]), eos_id=1, pad_id=0)
+    with torch.no_grad():
+        reference, student_before = completion_logits(averaged, ids, mask, rollout), completion_logits(trainer.model, ids, mask, rollout)
+    student_storage = {n: p.data_ptr() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    torch.testing.assert_close(trainer.teacher.logits(ids, mask, rollout), reference, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(reference, student_before, atol=1e-3)  # the teacher differs from the student...
+    for name, p in trainer.model.named_parameters():  # ...and the student has its own tensors back, unchanged
+        if p.requires_grad:
+            assert p.data_ptr() == student_storage[name] and torch.equal(p.data, history[-1][name])
+    with torch.no_grad():
+        assert torch.equal(completion_logits(trainer.model, ids, mask, rollout), student_before)
+
+
+def test_ema_update_teacher_is_the_ema_of_the_effective_update(tiny_model_dir, task, tmp_path):
+    stage = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.ema_rate=0.4", "lora.ema=update",
+                       lora=True)
+    trainer = sdft_method.build_trainer(stage)
+    assert isinstance(trainer.teacher, EmaUpdateTeacher)
     layer_name, layer = next(iter(trainer.teacher.layers.items()))
     adapter = layer.active_adapters[0]
     effective = lambda: (layer.lora_B[adapter].weight @ layer.lora_A[adapter].weight * layer.scaling[adapter]).detach().clone()  # noqa: E731
@@ -172,10 +208,13 @@ def test_frozen_teacher_is_the_in_memory_stage_start_not_the_disk(tiny_model_dir
         assert not torch.equal(on_disk[name], value)
 
 
-@pytest.mark.parametrize("teacher, lora", [("ema", False), ("frozen", False), ("ema", True)])
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir, task, tmp_path, monkeypatch, teacher, lora):
+@pytest.mark.parametrize("teacher, lora, lora_ema", [("ema", False, "adapter"), ("frozen", False, "adapter"),
+                                                     ("ema", True, "adapter"), ("ema", True, "update")])
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir, task, tmp_path, monkeypatch, teacher, lora,
+                                                                  lora_ema):
     def final_state(run_dir, stop_after=None, resume=False):
-        stage = make_stage(tiny_model_dir, task, run_dir, f"train.teacher={teacher}", lora=lora, resume=resume)
+        stage = make_stage(tiny_model_dir, task, run_dir, f"train.teacher={teacher}", f"lora.ema={lora_ema}", lora=lora,
+                           resume=resume)
         if stop_after is not None:
             monkeypatch.setattr(sdft_method, "graceful_interrupt", _stop_after(stop_after))
             with pytest.raises(KeyboardInterrupt):

@@ -105,7 +105,8 @@ def build_trainer(stage: Stage) -> Trainer:
     rows = prepare_rows(stage.train_rows(), stage.task, loaded.tokenizer, cfg.train)
     loaded.device = accelerator.device
     model = loaded.model.to(accelerator.device).train()
-    teacher = build_teacher(model, cfg.train.teacher, cfg.train.ema_rate, lora=cfg.lora.enabled)
+    teacher = build_teacher(model, cfg.train.teacher, cfg.train.ema_rate, lora=cfg.lora.enabled,
+                            lora_ema=cfg.lora.ema)
     optimizer = build_optimizer(model, cfg.train)
     wrapped = accelerator.prepare_model(model)
     trainer = Trainer(stage, accelerator, model, wrapped, loaded.tokenizer, teacher, optimizer,

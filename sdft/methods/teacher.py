@@ -3,9 +3,10 @@
 | kind   | full fine-tuning                                   | LoRA                                              |
 |--------|----------------------------------------------------|---------------------------------------------------|
 | frozen | a second copy of the stage-start weights (memory)  | the adapter disabled: no second copy              |
-| ema    | fp32 shadow weights + a copy of the model to run   | fp32 shadow of the adapter's effective update     |
-|        | them (phi <- a*theta + (1-a)*phi every step); for  | (scale * B @ A), added to the base layers' weights |
-|        | an fp32 model the copy's weights are the shadow    | while the teacher runs                            |
+| ema    | fp32 shadow weights + a copy of the model to run   | lora.ema=adapter: an fp32 shadow of the adapter's |
+|        | them (phi <- a*theta + (1-a)*phi every step); for  | weights, swapped in while the teacher runs;       |
+|        | an fp32 model the copy's weights are the shadow    | lora.ema=update: an fp32 shadow of each layer's   |
+|        |                                                    | update scale * B @ A, added to the base weights   |
 | live   | the student itself, no gradient (the paper saw it diverge)                                             |
 
 Every teacher is built from the in-memory model at stage start, never re-read from disk, and its state is
@@ -108,9 +109,46 @@ class EmaCopyTeacher(FrozenCopyTeacher):
 
 
 class EmaAdapterTeacher(Teacher):
-    """LoRA, EMA: an fp32 shadow of each adapted layer's effective update scale * B @ A (an EMA of the
-    product, which no fixed-rank adapter can hold). The teacher runs the base weights with the adapter
-    disabled, each adapted base layer computing with its weight plus the shadow (_run_with_update).
+    """LoRA, EMA of the adapter's weights (lora.ema=adapter): an fp32 shadow of every trainable tensor (A and B),
+    started from their stage-start values, as EmaCopyTeacher does for full fine-tuning. The teacher runs the
+    student's own modules with the shadow swapped in as the adapter's data (no copy for an fp32 adapter) and the
+    student's tensors swapped back after. Memory: one adapter."""
+
+    def __init__(self, model: torch.nn.Module, rate: float):
+        super().__init__(model)
+        self.rate = rate
+        self.adapter = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {name: p.detach().float().clone() for name, p in self.adapter.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        shadows = list(self.shadow.values())
+        torch._foreach_mul_(shadows, 1.0 - self.rate)
+        torch._foreach_add_(shadows, [p.detach().float() for p in self.adapter.values()], alpha=self.rate)
+
+    @contextlib.contextmanager
+    def _weights(self):
+        student = {name: p.data for name, p in self.adapter.items()}
+        try:
+            for name, p in self.adapter.items():
+                p.data = self.shadow[name].to(p.dtype)  # the shadow itself for an fp32 adapter
+            yield
+        finally:
+            for name, p in self.adapter.items():
+                p.data = student[name]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, shadow in self.shadow.items():
+            shadow.copy_(state[name])
+
+
+class EmaUpdateTeacher(Teacher):
+    """LoRA, EMA of the effective update (lora.ema=update): an fp32 shadow of each adapted layer's scale * B @ A
+    (an EMA of the product, which no fixed-rank adapter can hold). The teacher runs the base weights with the
+    adapter disabled, each adapted base layer computing with its weight plus the shadow (_run_with_update).
     Memory: one fp32 matrix per adapted layer."""
 
     def __init__(self, model: torch.nn.Module, rate: float):
@@ -184,11 +222,14 @@ def _copy_into(model: torch.nn.Module, weights: dict[str, Tensor]) -> None:
                 param.copy_(weights[name])
 
 
-def build_teacher(model: torch.nn.Module, kind: str, ema_rate: float, lora: bool) -> Teacher:
-    """The teacher for this stage, taken from the in-memory model as it is now (the stage start)."""
+def build_teacher(model: torch.nn.Module, kind: str, ema_rate: float, lora: bool, lora_ema: str) -> Teacher:
+    """The teacher for this stage, taken from the in-memory model as it is now (the stage start). `lora_ema`
+    (lora.ema) says what an EMA teacher averages when `lora` is on: the adapter's weights, or its update."""
     if kind == "live":
         err_console.print("[yellow]warning: train.teacher=live distils the student into itself; the SDFT paper saw this diverge[/]")
         return Teacher(model)
     if kind == "frozen":
         return FrozenAdapterTeacher(model) if lora else FrozenCopyTeacher(model)
-    return EmaAdapterTeacher(model, ema_rate) if lora else EmaCopyTeacher(model, ema_rate)
+    if not lora:
+        return EmaCopyTeacher(model, ema_rate)
+    return EmaAdapterTeacher(model, ema_rate) if lora_ema == "adapter" else EmaUpdateTeacher(model, ema_rate)

@@ -55,7 +55,7 @@ Known traps of TRL 1.16's SDFT (METHOD.md) and what this adapter does about them
   neutralised, its state is saved in every checkpoint and restored on resume.
 - the EMA runs in the student's dtype (SyncRefModelCallback mul_/add_ on the teacher's parameters: in bf16 a rate-0.01
   update rounds away), and with LoRA TRL averages A and B separately starting from zero: neutralised, our fp32 EMA
-  (of the weights, or of the LoRA update scale * B @ A).
+  (of the weights; with LoRA of A and B from their stage-start values, or of the update scale * B @ A: lora.ema).
 - prompts left-truncated to 512 tokens: neutralised (max_prompt_length None, our caps checked first).
 - max_completion_length None means 20 tokens: neutralised, always an int.
 - it logs little: partly; we add completion_tokens, capped_share, step_seconds, tokens_per_second and samples, but not
@@ -139,7 +139,8 @@ def build_trainer(stage: Stage, callbacks: Sequence[TrainerCallback] = ()):
     args = trl_config(cfg, stage.checkpoint_dir, use_cpu=loaded.device.type == "cpu", processes=_processes())
     _require_same_device(loaded.device, args.device)
     model = loaded.model.train()
-    teacher = build_teacher(model, cfg.train.teacher, cfg.train.ema_rate, lora=cfg.lora.enabled)  # stage start, in memory
+    teacher = build_teacher(model, cfg.train.teacher, cfg.train.ema_rate, lora=cfg.lora.enabled,
+                            lora_ema=cfg.lora.ema)  # stage start, in memory
     optimizer = build_optimizer(model, cfg.train)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=Dataset.from_list(trl_dataset(rows, stage.task.system_prompt)),
