@@ -323,6 +323,23 @@ def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, temperatur
     assert any(capped) and not all(capped)  # both ways of ending occur
 
 
+def test_compaction_moves_only_the_rows_that_change_place_and_keeps_the_buffers():
+    from sdft.methods.rollout import PreallocatedLayer, _filled_holes_order
+
+    going = torch.tensor([True, False, True, False, True, True])
+    assert _filled_holes_order(going).tolist() == [0, 4, 2, 5]  # rows 1 and 3 finished: 4 and 5 take their places
+    keys, values = torch.randn(6, 2, 3, 4), torch.randn(6, 2, 3, 4)
+    layer = PreallocatedLayer(keys, values, capacity=8)
+    storage = layer._keys.data_ptr()
+    layer.batch_select_indices(torch.tensor([5, 0, 3]))  # any order, as DynamicLayer.batch_select_indices takes it
+    assert torch.equal(layer.keys, keys[[5, 0, 3]]) and torch.equal(layer.values, values[[5, 0, 3]])
+    assert layer._keys.data_ptr() == storage  # no new buffer of the whole capacity
+    new_key, new_value = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+    got_keys, got_values = layer.update(new_key, new_value)
+    assert torch.equal(got_keys, torch.cat([keys[[5, 0, 3]], new_key], dim=2))
+    assert torch.equal(got_values, torch.cat([values[[5, 0, 3]], new_value], dim=2))
+
+
 def _qwen2_model():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

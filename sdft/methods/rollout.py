@@ -175,7 +175,7 @@ def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, cfg: TrainConfig,
         if step + 1 == cap or not going.any():
             break
         if not going.all():
-            keep = going.nonzero().squeeze(1)
+            keep = _filled_holes_order(going)
             active, token, mask, position = active[keep], token[keep], mask[keep], position[keep]
             cache.batch_select_indices(keep)
         if lean is not None:
@@ -185,6 +185,17 @@ def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, cfg: TrainConfig,
                         position_ids=position + step, use_cache=True, **{CACHE_KWARG: cache})
             logits = out.logits[:, -1]
     return tokens[:, : step + 1]
+
+
+def _filled_holes_order(going: Tensor) -> Tensor:
+    """The rows to keep, as `batch_select_indices` takes them: the n rows still going, those among the first n where
+    they are and the rest moved into the finished rows' places, so that a compaction moves one row per finished row
+    inside the first n instead of shifting every row behind it."""
+    kept = int(going.sum())
+    order = torch.arange(kept, device=going.device)
+    alive = going.nonzero().squeeze(1)
+    order[(~going[:kept]).nonzero().squeeze(1)] = alive[alive >= kept]
+    return order
 
 
 def sample_token(logits: Tensor, temperature: float, top_p: float, rows: Tensor | None = None,
@@ -244,14 +255,16 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
     def batch_select_indices(self, indices: Tensor) -> None:
-        """Keep the rows `indices`, copying only the filled part of the buffers (not their whole capacity)."""
+        """Keep the rows `indices` (row j becomes old row indices[j]) in the same buffers: only the rows that change
+        place are copied, and only their filled part; the buffers keep their capacity and their memory."""
         self._keys, self._values = (self._select(buffer, indices) for buffer in (self._keys, self._values))
         self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
 
     def _select(self, buffer: Tensor, indices: Tensor) -> Tensor:
-        kept = buffer.new_empty((len(indices), *buffer.shape[1:]))
-        torch.index_select(buffer[:, :, : self.length], 0, indices, out=kept[:, :, : self.length])
-        return kept
+        moved = (indices != torch.arange(len(indices), device=indices.device)).nonzero().squeeze(1)
+        filled = buffer[:, :, : self.length]
+        filled[moved] = filled[indices[moved]]  # the sources are gathered before any row is written
+        return buffer[: len(indices)]
 
 
 def student_completion_logits(model, prompt: PromptPass, rollout: Rollout) -> Tensor:
