@@ -20,6 +20,9 @@ Definitions (identical for every engine):
   demonstration plus eos), counted before the first skip_first_tokens are masked, divided by the step time.
 The data is an embedded task's rows (--task, default science); `--model` names the embedded model, a local
 Hugging Face folder, or a preset shape (random init, the embedded tokenizer; its samples rarely end early).
+Every other setting is the published recipe's (METHOD.md; the TrainConfig defaults otherwise): 32 prompts per step,
+completions up to 2048 tokens, forward KL over the full vocabulary with the first 3 tokens skipped, EMA rate 0.01,
+one rollout per prompt at temperature 1.0; one micro-batch per step (the paper's accumulation is a memory setting).
 """
 
 from __future__ import annotations
@@ -82,8 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="embedded", help=f"embedded, a local folder, or a shape: {sorted(SHAPES)}")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS))
     parser.add_argument("--task", default="science", help="an embedded task: its rows are the data")
-    parser.add_argument("--batch", type=int, default=16, help="prompts per optimizer step (train.batch_size)")
-    parser.add_argument("--max-completion", type=int, default=160, help="train.max_completion_tokens")
+    parser.add_argument("--batch", type=int, default=32, help="prompts per optimizer step (train.batch_size; "
+                        "default: the published 32)")
+    parser.add_argument("--max-completion", type=int, default=2048, help="train.max_completion_tokens (default: the "
+                        "published 2048; a random-init model samples to the cap, so give it a small one)")
     parser.add_argument("--rows", type=int, default=64, help="training rows (tokenised once, before timing)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps first")
     parser.add_argument("--steps", type=int, default=8, help="measured steps")
