@@ -1,5 +1,5 @@
 """An in-process A/B of the SDFT hot path's switches: the lean decoding step (sdft/methods/lean_decode.py) on or off,
-and the shared student prompt pass (Trainer.share_prompt_pass) on or off, on one trainer, alternating the four
+and the shared student prompt pass (Trainer.share_prompt_pass forced on or off), on one trainer, alternating the four
 variants step after step so that a machine whose speed drifts weighs on all of them alike.
 
     python scripts/bench_ab.py                                        # embedded model, science, batch 16

@@ -427,6 +427,18 @@ def test_shared_prompt_pass_gives_the_one_pass_logits_and_gradients(tiny_model_d
             torch.testing.assert_close(grad, reference_grads[name], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_prompt_pass_is_shared_where_it_pays(tiny_model_dir, task, tmp_path, lora):
+    """Full fine-tuning shares from SHARED_PROMPT_PASS_MIN_TOKENS prompt tokens on, LoRA always; forcing wins."""
+    trainer = sdft_method.build_trainer(make_stage(tiny_model_dir, task, tmp_path, lora=lora))
+    assert trainer.share_prompt_pass is None  # no dropout: decided per micro-batch
+    few, many = torch.ones(4, 10), torch.ones(4, sdft_method.SHARED_PROMPT_PASS_MIN_TOKENS // 4)
+    assert sdft_method._shares_prompt_pass(trainer, few) == lora
+    assert sdft_method._shares_prompt_pass(trainer, many)
+    trainer.share_prompt_pass = False
+    assert not sdft_method._shares_prompt_pass(trainer, many)
+
+
 @pytest.mark.parametrize("preallocated", [True, False])
 def test_sampling_from_a_prompt_pass_leaves_its_cache_as_it_was(tiny_model_dir, monkeypatch, preallocated):
     """The prompt pass's cache is the student's training forward: the sampler copies it (or prefills its own)."""
