@@ -296,10 +296,15 @@ def test_nan_loss_stops_with_a_clear_message(tiny_model_dir, task, tmp_path, mon
 # ---- the hot path: the lean sampler and the shared prompt pass change no number ----
 
 
-@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.8)])
-def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, temperature, top_p):
-    """Same seed, same tokens as transformers' generate: temperature, top-p, eos, the length cap and left padding."""
+@pytest.mark.parametrize("temperature, top_p, lean", [(1.0, 1.0, True), (0.7, 0.8, True), (0.7, 0.8, False)])
+def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, monkeypatch, temperature, top_p, lean):
+    """Same seed, same tokens as transformers' generate: temperature, top-p, eos, the length cap and left padding;
+    rows finish at different steps, so compaction reorders the batch (with the lean step, and with the generic one)."""
+    from sdft.methods import rollout
     from sdft.models import NEUTRAL_DECODING
+
+    if not lean:
+        monkeypatch.setattr(rollout, "lean_decoder", lambda model: None)
 
     loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
     model, tokenizer = loaded.model, loaded.tokenizer
