@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 RESULT_PREFIX = "BENCH_RESULT "
+USER_ERROR_PREFIX = "BENCH_USER_ERROR "
 SPEC_KEYS = ("task", "batch", "max_completion", "rows", "warmup", "steps", "threads", "device", "dtype", "seed")
 PHASES = ("generation", "teacher_forward", "student_forward_backward", "optimizer", "other")
 CONFIGS = {  # name: (method, engine, teacher, lora)
@@ -65,7 +66,13 @@ SHAPES = {  # random-init models shaped like real ones (Qwen2.5 configs), with t
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.worker:
-        result = run_worker(json.loads(args.worker))
+        from sdft.errors import UserError
+
+        try:
+            result = run_worker(json.loads(args.worker))
+        except UserError as err:  # bad settings: one line for the parent to pass on
+            print(f"{USER_ERROR_PREFIX}{err}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return result
     model_path = resolve_model(args.model, Path(args.cache_dir))
@@ -105,8 +112,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.warmup, args.steps, args.rounds = 1, 5, 2
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    for name in ("rounds", "batch", "steps", "max_completion"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.rows < args.batch:
+        parser.error(f"--rows {args.rows} is below --batch {args.batch}: every configuration trains on full batches "
+                     "(TRL's sampler drops an incomplete one); give at least as many rows as the batch")
     args.configs = [c for c in args.configs.split(",") if c]
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
@@ -145,6 +156,9 @@ def run_subprocess(spec: dict) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
+        told = [line for line in done.stderr.splitlines() if line.startswith(USER_ERROR_PREFIX)]
+        if told:
+            raise SystemExit(f"bench.py: {spec['config']}: {told[-1][len(USER_ERROR_PREFIX):]}")
         raise RuntimeError(f"{spec['config']} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
 

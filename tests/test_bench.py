@@ -109,3 +109,13 @@ def test_the_ab_script_times_the_four_variants(tiny_model_dir, capsys):
     from sdft.methods import lean_decode, rollout
 
     assert rollout.lean_decoder is lean_decode.lean_decoder  # the switch is put back
+
+
+def test_settings_that_cannot_run_stop_with_one_line_before_or_from_the_worker(bench, tiny_model_dir, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rows", "8", "--batch", "32"])
+    assert "--rows 8 is below --batch 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # a bad setting found inside the worker: its one line, no traceback
+        bench.main(["--model", str(tiny_model_dir), "--configs", "sft-full", "--task", "no-such-task", "--rows", "2",
+                    "--batch", "2", "--warmup", "0", "--steps", "1", "--rounds", "1"])
+    assert str(stopped.value) == "bench.py: sft-full: unknown task 'no-such-task'; `sdft tasks` lists the known ones"
