@@ -316,7 +316,16 @@ def test_train_config_maps_onto_sft_config(tmp_path, tiny_model_dir):
     args = sft_config(stage)
     assert (args.loss_type, args.max_steps, args.learning_rate, args.seed) == ("dft", 7, 0.01, 5)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
-    assert (args.lr_scheduler_type.value, args.save_steps, args.logging_steps) == ("constant_with_warmup", 3, 2)
+    assert (args.save_steps, args.logging_steps) == (3, 2)
     # TRL's own defaults would train in bf16 with gradient checkpointing and hide nan losses
     assert not args.bf16 and not args.activation_checkpointing and not args.logging_nan_inf_filter
-    assert args.optim.value == "adamw_torch" and args.report_to in ([], "none", ["none"])
+    assert args.report_to in ([], "none", ["none"])
+
+
+def test_sft_steps_with_the_learning_rates_of_an_sdft_run(tmp_path, tiny_model_dir):
+    """The same warm-up and cosine as SDFT (harness.build_scheduler): the first step at lr / (warmup + 1), not 0."""
+    stage = make_stage(tmp_path / "run", tiny_model_dir, "train.steps=4", "train.warmup_steps=2", "train.lr_schedule=cosine",
+                       "train.log_every=1")
+    train_sft(stage)
+    lr = stage.cfg.train.learning_rate
+    assert [r["learning_rate"] for r in records(stage.run_dir)] == pytest.approx([lr / 3, 2 * lr / 3, lr, lr / 2])

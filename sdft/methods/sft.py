@@ -21,7 +21,7 @@ from transformers import PrinterCallback, TrainerCallback
 from sdft.config import TrainConfig
 from sdft.console import err_console, progress_bar
 from sdft.errors import UserError
-from sdft.methods.harness import MetricsLog, StageResult, graceful_interrupt, save_model
+from sdft.methods.harness import MetricsLog, StageResult, build_optimizer, build_scheduler, graceful_interrupt, save_model
 from sdft.methods.hf_trainer import CHECKPOINT_PREFIX, checkpoint_step, latest_checkpoint, require_finite
 from sdft.methods.stage import Stage
 from sdft.models import process_state
@@ -115,9 +115,13 @@ def build_trainer(stage: Stage, examples: list[dict], callbacks: Sequence[Traine
     if model_device.type != args.device.type or model_device.index not in (None, args.device.index):
         raise UserError(f"SFT trains on {args.device} (accelerate's device) but model.device is {model_device}; "
                         "use CUDA_VISIBLE_DEVICES to pick the GPU")
+    # our optimizer and schedule, as in SDFT runs: the methods differ in their loss only (transformers' warm-up
+    # would start at lr 0, ours at lr / (warmup_steps + 1))
+    optimizer = build_optimizer(stage.loaded.model, stage.cfg.train)
     trainer = SFTTrainer(
         model=stage.loaded.model, args=args, train_dataset=Dataset.from_list(examples),
         processing_class=stage.loaded.tokenizer, callbacks=list(callbacks),
+        optimizers=(optimizer, build_scheduler(optimizer, stage.cfg.train)),
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; RunCallback logs instead
     return trainer
@@ -134,12 +138,8 @@ def sft_config(stage: Stage):
         max_steps=train.steps,
         per_device_train_batch_size=per_device_batch_size(stage),
         gradient_accumulation_steps=train.gradient_accumulation,
-        learning_rate=train.learning_rate,
-        lr_scheduler_type="cosine" if train.lr_schedule == "cosine" else "constant_with_warmup",
-        warmup_steps=train.warmup_steps,
-        weight_decay=train.weight_decay,
+        learning_rate=train.learning_rate,  # what the optimizer and schedule of build_trainer use (harness.py)
         max_grad_norm=train.max_grad_norm,
-        optim="adamw_torch",  # the default is the fused variant
         seed=cfg.seed,
         bf16=cfg.model.dtype == "bfloat16",  # TRL defaults bf16 to True: never leave it unset
         fp16=False,
