@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sdft.config import Config
 from sdft.errors import UserError
@@ -132,9 +133,16 @@ def model_shapes(cfg: Config) -> ModelShapes | str:
         path = resolve_model_path(cfg.model.name_or_path)
         config = AutoConfig.from_pretrained(path, revision=cfg.model.revision, local_files_only=True,
                                             trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError, UserError) as err:
-        return (f"model {cfg.model.name_or_path}: its config.json is not available offline ({str(err).splitlines()[0]}); "
-                "parameters and memory are not estimated (download it, or point model.name_or_path at a local folder)")
+    except OSError as err:  # transformers words a cache miss as a failed connection; nothing was fetched
+        if Path(cfg.model.name_or_path).expanduser().is_dir():
+            return (f"model {cfg.model.name_or_path}: its config.json cannot be read ({str(err).splitlines()[0]}); "
+                    "parameters and memory are not estimated")
+        return (f"model {cfg.model.name_or_path}: its config.json is not available offline (not a local folder, not in "
+                "the Hugging Face cache; a dry run downloads nothing); parameters and memory are not estimated "
+                "(download it, or point model.name_or_path at a local folder)")
+    except (ValueError, UserError) as err:
+        return (f"model {cfg.model.name_or_path}: its config.json cannot be read ({str(err).splitlines()[0]}); "
+                "parameters and memory are not estimated")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
     text = config.get_text_config()

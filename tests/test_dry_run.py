@@ -77,7 +77,17 @@ def test_a_hub_model_not_on_disk_is_reported_not_fetched():
     code, out = invoke("train", PAPER / "science.yaml", "--dry-run", *sets(*SCIENCE_FIXTURES))
     assert code == 0, out
     assert "Qwen/Qwen2.5-7B-Instruct: its config.json is not available offline" in out
+    assert "connect" not in out  # transformers' wording for a cache miss would suggest a network attempt
     assert "tokenizer is not available offline" in out
+
+
+def test_a_local_model_folder_with_a_broken_config_is_named_as_such(tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    code, out = invoke("train", ROOT / "configs" / "sdft.yaml", "--dry-run", *sets(f"model.name_or_path={folder}"))
+    assert code == 0, out
+    assert "config.json cannot be read" in out and "config.json is not available offline" not in out
 
 
 def test_medical_needs_a_judge_and_its_hub_data_is_not_fetched(monkeypatch, qwen_shapes):
