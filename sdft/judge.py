@@ -1,14 +1,14 @@
 """An LLM judge: grades a free-text answer against a reference answer with a fixed rubric.
 
-Two backends behind one small interface (`complete_many(prompts) -> replies`): an OpenAI-compatible HTTP
-endpoint (`/chat/completions`; URL and model from the config or SDFT_JUDGE_URL / SDFT_JUDGE_MODEL, the key
-from the environment variable the config names) and a local transformers model. The HTTP backend talks to
-the configured URL and nothing else; the key is never logged, cached or written into an error message.
+Two backends (sdft/judge_backends.py) behind one small interface (`complete_many(prompts) -> replies`): an
+OpenAI-compatible HTTP endpoint (`/chat/completions`; URL and model from the config or SDFT_JUDGE_URL /
+SDFT_JUDGE_MODEL, the key from the environment variable the config names) and a local transformers model. The
+HTTP backend talks to the configured URL and nothing else; the key is never logged, cached or written into an
+error message.
 
 Every parsed verdict is cached on disk, keyed by (judge identity, sha256 of the prompt), so a repeated
 evaluation costs no judge call. A reply without exactly one verdict word is "malformed": it scores 0, is
-counted, and is not cached (a later run asks again). Timeouts, connection errors, HTTP 429 and 5xx are
-retried with exponential backoff; other HTTP errors stop at once.
+counted, and is not cached (a later run asks again). Retries are the HTTP backend's (judge_backends.py).
 
 This module is a leaf (the config imports JudgeConfig from here): sdft imports happen inside functions.
 """
@@ -20,18 +20,16 @@ import json
 import os
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 from sdft.errors import UserError
 
+if TYPE_CHECKING:
+    from sdft.judge_backends import Backend
+
 URL_ENV, MODEL_ENV = "SDFT_JUDGE_URL", "SDFT_JUDGE_MODEL"
-MAX_RETRY_AFTER_S = 60.0
 
 
 @dataclass
@@ -115,129 +113,6 @@ def parse_verdict(reply: str, rubric: Rubric) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-# --- backends ------------------------------------------------------------------------------------------
-
-class Backend(Protocol):
-    identity: str
-    """What the cache keys on: the backend kind and the judge model (never a key or a URL secret)."""
-
-    def complete_many(self, prompts: list[str]) -> list[str]: ...
-
-
-class HttpBackend:
-    """An OpenAI-compatible `/chat/completions` endpoint; greedy, one user turn per prompt."""
-
-    def __init__(self, url: str, model: str, api_key: str | None, cfg: JudgeConfig,
-                 sleep: Callable[[float], None] = time.sleep):
-        base = url.rstrip("/")
-        self.endpoint = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.model, self.identity, self.cfg, self.sleep = model, f"openai:{model}", cfg, sleep
-        self._api_key = api_key
-
-    def complete_many(self, prompts: list[str]) -> list[str]:
-        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
-            return list(pool.map(self.complete, prompts))
-
-    def complete(self, prompt: str) -> str:
-        last = "no attempt"
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                self.sleep(self._wait(attempt, last))
-            try:
-                return self._post(prompt)
-            except _Retryable as err:
-                last = err
-        raise UserError(self._redact(f"judge endpoint {self.endpoint}: no answer after "
-                                     f"{self.cfg.max_retries + 1} attempts (last: {last})"))
-
-    def _wait(self, attempt: int, last: object) -> float:
-        wait = self.cfg.backoff_s * 2 ** (attempt - 1)
-        retry_after = getattr(last, "retry_after", None)
-        return max(wait, min(retry_after, MAX_RETRY_AFTER_S)) if retry_after is not None else wait
-
-    def _post(self, prompt: str) -> str:
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0, "max_tokens": self.cfg.max_tokens}
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        request = urllib.request.Request(self.endpoint, json.dumps(body).encode(), headers, method="POST")
-        try:
-            with _OPENER.open(request, timeout=self.cfg.timeout_s) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as err:
-            if err.code == 429 or err.code >= 500:
-                raise _Retryable(f"HTTP {err.code}", _retry_after(err)) from None
-            detail = self._redact(err.read(300).decode(errors="replace"))
-            raise UserError(f"judge endpoint {self.endpoint} answered HTTP {err.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-            raise _Retryable(type(err).__name__ + (f": {err.reason}" if hasattr(err, "reason") else "")) from None
-        return _reply_text(payload)
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """The judge talks to the configured URL only: a redirect elsewhere is an error, not followed."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _retry_after(err: urllib.error.HTTPError) -> float | None:
-    try:
-        return float(err.headers.get("Retry-After"))
-    except (TypeError, ValueError):
-        return None
-
-
-def _reply_text(payload: bytes) -> str:
-    """The reply's text; a body of another shape is retried (proxies sometimes answer with an HTML page)."""
-    try:
-        return str(json.loads(payload)["choices"][0]["message"]["content"] or "")
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise _Retryable("the reply is not an OpenAI chat completion") from None
-
-
-class LocalBackend:
-    """A transformers chat model in this process, greedy decoding, prompts batched."""
-
-    def __init__(self, model: str, cfg: JudgeConfig, device: str = "auto", batch_size: int = 8):
-        from sdft.config import ModelConfig
-        from sdft.models import load_model
-
-        self.loaded = load_model(ModelConfig(name_or_path=model, device=device))
-        self.identity, self.cfg, self.batch_size = f"local:{model}", cfg, batch_size
-
-    def complete_many(self, prompts: list[str]) -> list[str]:
-        from sdft.config import GenerationConfig
-        from sdft.evaluate import generate_batches
-
-        gen = GenerationConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.batch_size)
-        replies = [""] * len(prompts)
-        chats = [_chat(self.loaded.tokenizer, p) for p in prompts]
-        for indices, completions in generate_batches(self.loaded, chats, gen):
-            for i, per_prompt in zip(indices, completions):
-                replies[i] = per_prompt[0].text
-        return replies
-
-
-def _chat(tokenizer, prompt: str) -> str:
-    from sdft.prompts import render_prompt
-
-    return render_prompt(tokenizer, prompt)
-
-
 # --- the judge: rubric + backend + cache ---------------------------------------------------------------
 
 @dataclass
@@ -317,6 +192,8 @@ def make_judge(cfg: JudgeConfig, cache_dir: Path | None, device: str = "auto") -
     problem = judge_problem(cfg)
     if problem:
         raise UserError(problem)
+    from sdft.judge_backends import HttpBackend, LocalBackend
+
     model = cfg.model or os.environ[MODEL_ENV]
     if cfg.backend == "openai":
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None

@@ -1,0 +1,147 @@
+"""The PNG plots of `sdft sequence` (sdft/report.py writes them next to report.md): accuracy over stages, one accuracy
+matrix per method, forgetting per task. matplotlib's Agg backend; each file written atomically (temp file, then
+rename), like every run file; every title names the world its numbers come from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from statistics import mean
+
+from sdft.report import (cis_like, fmt, forgetting_bars, is_flat, normalised_curve, safe_file_name, seeds_label,
+                         stage_labels)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plot should read like any other file
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_plots(results: dict, run_dir: Path) -> list[Path]:
+    plt = _pyplot()
+    paths = [_save(plt, _accuracy_figure(plt, results), run_dir / "accuracy_over_stages.png")]
+    for method in results["methods"]:
+        paths.append(_save(plt, _matrix_figure(plt, results, method), run_dir / f"matrix_{safe_file_name(method)}.png"))
+    if len(results["tasks"]) > 1:
+        paths.append(_save(plt, _forgetting_figure(plt, results), run_dir / "forgetting.png"))
+    return paths
+
+
+def _colours(plt, results: dict) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {method: cmap(i % 10) for i, method in enumerate(results["methods"])}
+
+
+def _accuracy_figure(plt, results: dict):
+    tasks, colours = results["tasks"], _colours(plt, results)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.2), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        _accuracy_panel(ax, results, j, colours)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Accuracy on each task after each stage ({results['world']} world, {seeds_label(results)})\n"
+                 "0 = base model, 1 = best accuracy any method reached on that task", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_panel(ax, results: dict, j: int, colours: dict) -> None:
+    """Task j's accuracy after every stage, one line per method, normalised unless no method beat the base."""
+    tasks, methods = results["tasks"], results["methods"]
+    bases = [m["matrix"][0][j] for m in methods.values() if m["matrix"][0][j] is not None]
+    base = mean(bases) if bases else None
+    best = max((row[j] for m in methods.values() for row in m["matrix"] if row[j] is not None), default=0.0)
+    raw = base is None or is_flat(base, best)
+    base, best = (0.0, 0.0) if raw else (base, best)  # normalised_curve returns raw values when base == best
+    stages = range(len(tasks) + 1)
+    for k, (name, m) in enumerate(methods.items()):
+        y = normalised_curve([row[j] for row in m["matrix"]], base, best)
+        ci = normalised_curve([c[j] for c in cis_like(m, "matrix_ci95", m["matrix"])], 0.0, best - base)
+        yerr = None if all(c is None for c in ci) else [c or 0.0 for c in ci]
+        x = [s + 0.05 * (k - (len(methods) - 1) / 2) for s in stages]
+        y = [math.nan if v is None else v for v in y]
+        ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=name, color=colours[name])
+    ax.axvline(j + 1, color="grey", linestyle="--", linewidth=1)
+    ax.text(j + 1, 0.03, f"trained {tasks[j]} ", transform=ax.get_xaxis_transform(), color="grey", fontsize=8,
+            rotation=90, ha="right", va="bottom")
+    if raw:
+        why = "base model not measured" if not bases else f"no method beat the base model's {mean(bases):.3f}"
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("raw accuracy")
+        ax.set_title(f"{tasks[j]}\n(raw accuracy: {why})", fontsize=10)
+    else:
+        for level in (0, 1):
+            ax.axhline(level, color="lightgrey", linestyle=":", linewidth=1, zorder=0)
+        ax.set_ylabel("normalised accuracy")
+        ax.set_title(tasks[j], fontsize=10)
+    ax.set_xticks(list(stages), stage_labels(tasks), rotation=30, ha="right", fontsize=8)
+
+
+def _matrix_figure(plt, results: dict, method: str):
+    from matplotlib.patches import Rectangle
+
+    tasks, m = results["tasks"], results["methods"][method]
+    cis = cis_like(m, "matrix_ci95", m["matrix"])
+    fig, ax = plt.subplots(figsize=(1.5 * len(tasks) + 3.0, 0.65 * (len(tasks) + 1) + 1.8))
+    cells = [[math.nan if v is None else v for v in row] for row in m["matrix"]]
+    image = ax.imshow(cells, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    for i, (row, row_ci) in enumerate(zip(m["matrix"], cis)):
+        for j, (value, ci) in enumerate(zip(row, row_ci)):
+            text = fmt(value) if ci is None or value is None else f"{value:.3f}\n± {ci:.3f}"
+            dark = value is not None and value < 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+        if 0 < i <= len(tasks):
+            ax.add_patch(Rectangle((i - 1.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_yticks(range(len(tasks) + 1), stage_labels(tasks))
+    ax.set_xlabel("task")
+    fig.colorbar(image, ax=ax, label="accuracy")
+    ax.set_title(f"{method}: accuracy matrix ({results['world']} world, {seeds_label(results)})\n"
+                 "red box = the stage that trained the task", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _forgetting_figure(plt, results: dict):
+    tasks, methods, colours = results["tasks"][:-1], list(results["methods"]), _colours(plt, results)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(tasks) * max(1, len(methods)) / 2 + 2.5), 4.0))
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        values, cis = forgetting_bars(results, method)
+        x = [j + (k - (len(methods) - 1) / 2) * width for j in range(len(tasks))]
+        yerr = None if all(c is None for c in cis) else [c or 0.0 for c in cis]
+        bars = ax.bar(x, values, width, yerr=yerr, capsize=3, label=method, color=colours[method])
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8, padding=2)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("forgetting $F_j$ (best - final accuracy)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Forgetting per task, higher = more forgotten\n({results['world']} world, {seeds_label(results)})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
