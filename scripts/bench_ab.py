@@ -30,28 +30,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    from sdft.methods import rollout, sdft
+    from sdft.methods import sampler, sdft
 
     spec = {"config": "sdft-ema-full", "model": args.model, "task": "science", "batch": 16, "max_completion": 160,
             "rows": 64, "warmup": 1, "steps": args.reps, "threads": 0, "device": "cpu", "dtype": "float32", "seed": 0}
     if args.model != "embedded":  # a folder: the 0.5B settings of BENCHMARKS.md
         spec.update(task="repeat", batch=2, max_completion=33, rows=8)
     trainer = sdft.build_trainer(bench.build_stage(spec, Path(tempfile.mkdtemp())))
-    lean_decoder = rollout.lean_decoder
+    lean_decoder = sampler.lean_decoder
     sdft.train_step(trainer)  # warm-up
     variants = list(itertools.product((True, False), (True, False)))  # (lean decoding, shared prompt pass)
     records: dict[tuple[bool, bool], list[dict]] = {v: [] for v in variants}
     try:
         for rep in range(args.reps):
             for lean, share in variants:
-                rollout.lean_decoder = lean_decoder if lean else (lambda model: None)
+                sampler.lean_decoder = lean_decoder if lean else (lambda model: None)
                 trainer.share_prompt_pass = share
                 trainer.stream.load_state_dict({"epoch": 0, "position": 0})  # the same prompts for every variant
                 torch.manual_seed(rep)
                 metrics, _ = sdft.train_step(trainer)
                 records[(lean, share)].append(metrics)
     finally:
-        rollout.lean_decoder = lean_decoder
+        sampler.lean_decoder = lean_decoder
     keys = ("step_seconds", "time_generation", "time_teacher_forward", "time_student_forward_backward", "time_optimizer")
     print(f"{'lean decoding':<14} {'shared prompt':<14} " + " ".join(f"{k.replace('time_', '')[:13]:>13}" for k in keys))
     for (lean, share), runs in records.items():

@@ -106,9 +106,9 @@ def test_the_ab_script_times_the_four_variants(tiny_model_dir, capsys):
     assert lines[0].split()[:2] == ["lean", "decoding"] and len(lines) == 5
     assert [line.split()[:2] for line in lines[1:]] == [["True", "True"], ["True", "False"], ["False", "True"], ["False", "False"]]
     assert all(float(line.split()[2]) > 0 for line in lines[1:])
-    from sdft.methods import lean_decode, rollout
+    from sdft.methods import lean_decode, sampler
 
-    assert rollout.lean_decoder is lean_decode.lean_decoder  # the switch is put back
+    assert sampler.lean_decoder is lean_decode.lean_decoder  # the switch is put back
 
 
 def test_settings_that_cannot_run_stop_with_one_line_before_or_from_the_worker(bench, tiny_model_dir, capsys):

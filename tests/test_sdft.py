@@ -12,14 +12,13 @@ from conftest import qa_records
 from sdft.config import ModelConfig, load_config
 from sdft.errors import UserError
 from sdft.methods import sdft as sdft_method
+from sdft.methods.sampler import sample_completions, sample_token
 from sdft.methods.rollout import (
     completion_from_tokens,
     completion_logits,
     left_pad,
     prepare_rows,
     prompt_pass,
-    sample_completions,
-    sample_token,
     student_completion_logits,
 )
 from sdft.methods.stage import Stage, add_lora
@@ -300,11 +299,11 @@ def test_nan_loss_stops_with_a_clear_message(tiny_model_dir, task, tmp_path, mon
 def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, monkeypatch, temperature, top_p, lean):
     """Same seed, same tokens as transformers' generate: temperature, top-p, eos, the length cap and left padding;
     rows finish at different steps, so compaction reorders the batch (with the lean step, and with the generic one)."""
-    from sdft.methods import rollout
+    from sdft.methods import sampler
     from sdft.models import NEUTRAL_DECODING
 
     if not lean:
-        monkeypatch.setattr(rollout, "lean_decoder", lambda model: None)
+        monkeypatch.setattr(sampler, "lean_decoder", lambda model: None)
 
     loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -329,7 +328,7 @@ def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, monkeypatc
 
 
 def test_compaction_moves_only_the_rows_that_change_place_and_keeps_the_buffers():
-    from sdft.methods.rollout import PreallocatedLayer, _filled_holes_order
+    from sdft.methods.sampler import PreallocatedLayer, _filled_holes_order
 
     going = torch.tensor([True, False, True, False, True, True])
     assert _filled_holes_order(going).tolist() == [0, 4, 2, 5]  # rows 1 and 3 finished: 4 and 5 take their places
@@ -359,7 +358,8 @@ def test_lean_decoding_step_gives_the_generic_forwards_logits_bit_for_bit(tiny_m
     """Prefill a left-padded batch, then decode 5 tokens twice: model(...) and the lean step, on equal caches."""
     from sdft.config import LoraConfig
     from sdft.methods.lean_decode import lean_decoder
-    from sdft.methods.rollout import CACHE_KWARG, _decoding_cache
+    from sdft.methods.rollout import CACHE_KWARG
+    from sdft.methods.sampler import _decoding_cache
 
     if kind == "qwen2":
         model = _qwen2_model()
@@ -447,10 +447,10 @@ def test_the_prompt_pass_is_shared_where_it_pays(tiny_model_dir, task, tmp_path,
 @pytest.mark.parametrize("preallocated", [True, False])
 def test_sampling_from_a_prompt_pass_leaves_its_cache_as_it_was(tiny_model_dir, monkeypatch, preallocated):
     """The prompt pass's cache is the student's training forward: the sampler copies it (or prefills its own)."""
-    from sdft.methods import rollout as rollout_module
+    from sdft.methods import sampler
 
     if not preallocated:  # a cache of another kind (sliding windows, ...): the sampler cannot copy it
-        monkeypatch.setattr(rollout_module, "_decoding_cache", lambda cache, capacity: None)
+        monkeypatch.setattr(sampler, "_decoding_cache", lambda cache, capacity: None)
     loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
     cfg = load_config(None, ["train.max_completion_tokens=6"]).train
     ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], loaded.tokenizer.pad_token_id, torch.device("cpu"))

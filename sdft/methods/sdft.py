@@ -36,9 +36,9 @@ from sdft.methods.rollout import (
     left_pad,
     prepare_rows,
     prompt_pass,
-    sample_completions,
     student_completion_logits,
 )
+from sdft.methods.sampler import sample_completions
 from sdft.methods.stage import Stage
 from sdft.methods.teacher import Teacher, build_teacher
 
