@@ -17,6 +17,7 @@ from sdft.errors import UserError
 from sdft.methods import trl_engine
 from sdft.methods.losses import distillation_loss
 from sdft.methods.rollout import prepare_rows
+from sdft.methods.trl_callbacks import TEACHER_FILE
 from sdft.methods.stage import Stage, add_lora
 from sdft.models import load_model
 from sdft.prompts import teacher_prompt
@@ -145,7 +146,7 @@ def test_short_run_writes_the_run_folder_and_moves_the_weights(tiny_model_dir, t
     params = dict(stage.loaded.model.named_parameters())
     assert [n for n, value in start.items() if torch.equal(params[n], value)] == []
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
-    assert (tmp_path / "checkpoints" / "checkpoint-3" / trl_engine.TEACHER_FILE).is_file()
+    assert (tmp_path / "checkpoints" / "checkpoint-3" / TEACHER_FILE).is_file()
     reloaded = dict(load_model(type(stage.cfg.model)(name_or_path=str(tmp_path))).model.named_parameters())
     assert all(torch.equal(reloaded[n], params[n]) for n in start)
 
@@ -167,7 +168,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_model_dir, task, 
     def final_state(stage):
         trl_engine.train_trl_sdft(stage)
         weights = {n: p.detach().clone() for n, p in stage.loaded.model.named_parameters() if p.requires_grad}
-        teacher = load_file(str(trl_engine.latest_checkpoint(stage.checkpoint_dir) / trl_engine.TEACHER_FILE))
+        teacher = load_file(str(trl_engine.latest_checkpoint(stage.checkpoint_dir) / TEACHER_FILE))
         return weights, teacher
 
     expected = final_state(make_stage(tiny_model_dir, task, tmp_path / "a", *overrides))

@@ -33,7 +33,7 @@ TRL's teacher handling has the bugs listed below.
 | seed                                  | seed                                                  | same seed, different consumers: not the same samples |
 | model.dtype bfloat16                  | bf16 True (autocast)                                  | approx: TRL's divergence runs in the logits' dtype, ours in fp32 |
 | checkpoint_every, keep_checkpoints    | save_steps, save_total_limit; also the last step      | checkpoints/checkpoint-<N>/ + sdft_teacher.safetensors |
-| log_every, sample_count               | logging_steps 1; samples.jsonl every log_every steps  | metrics.jsonl every step through _RunLog |
+| log_every, sample_count               | logging_steps 1; samples.jsonl every log_every steps  | metrics.jsonl every step through RunLog |
 | report_to                             | report_to none; MetricsLog forwards to train.report_to | |
 | lora.*                                | the model arrives wrapped; no peft_config             | |
 | (dropout)                             | disable_dropout False                                 | approx: TRL samples in train mode, so dropout > 0 is on while sampling |
@@ -62,15 +62,14 @@ Known traps of TRL 1.16's SDFT (METHOD.md) and what this adapter does about them
   the native engine's KL / entropy diagnostics.
 - found here, not in METHOD.md: TRL's RepeatSampler seeds its generator once, and transformers skips finished epochs
   on resume without iterating them, so a run resumed at an epoch boundary replays epoch 0's order: neutralised
-  (_EpochSeeded); with it, resume equals an uninterrupted run bit for bit (tests/test_trl_engine.py).
+  (EpochSeeded); with it, resume equals an uninterrupted run bit for bit (tests/test_trl_engine.py).
 - the API is experimental: pinned by pyproject (trl<1.17) and checked at import.
-Not changed: TRL's Trainer sends a usage ping to the Hugging Face hub (off with HF_HUB_DISABLE_TELEMETRY=1).
+TRL's Trainer would send a usage ping to the Hugging Face hub: the sdft CLI sets HF_HUB_DISABLE_TELEMETRY=1 (cli.py).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import cache
@@ -84,17 +83,15 @@ from sdft.config import Config
 from sdft.console import err_console, progress_bar
 from sdft.errors import UserError
 from sdft.methods.harness import MetricsLog, StageResult, build_optimizer, build_scheduler, save_model
-from sdft.methods.hf_trainer import CHECKPOINT_PREFIX, checkpoint_step, latest_checkpoint, require_finite
+from sdft.methods.hf_trainer import CHECKPOINT_PREFIX, checkpoint_step, latest_checkpoint
 from sdft.methods.rollout import PreparedRow, prepare_rows
 from sdft.methods.stage import Stage
 from sdft.methods.teacher import Teacher, build_teacher
+from sdft.methods.trl_callbacks import EpochSeeded, RunLog, TeacherCallback, load_teacher
 from sdft.prompts import TEACHER_TEMPLATE, chat_messages
 
-TEACHER_FILE = "sdft_teacher.safetensors"
 TEACHER_PROMPT_TEMPLATE = TEACHER_TEMPLATE.replace("{demonstration}", "{privileged_context}")
 TEACHER_KINDS = {"frozen": "base", "ema": "ema", "live": "live"}  # ours -> TRL's teacher_model_kind
-_DROPPED_KEYS = {"sdft/distillation_loss", "total_flos", "train_runtime", "train_samples_per_second",
-                 "train_steps_per_second", "train_loss"}  # a duplicate key and end-of-run summaries
 
 
 def train_trl_sdft(stage: Stage, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
@@ -107,11 +104,11 @@ def train_trl_sdft(stage: Stage, callbacks: Sequence[TrainerCallback] = ()) -> S
         err_console.print(f"[yellow]engine trl: TRL divides the student's and teacher's logits by "
                           f"train.rollout_temperature={cfg.rollout_temperature} before the loss; the native engine does not[/]")
     trainer = build_trainer(stage, callbacks)
-    run = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _RunLog))
+    run = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RunLog))
     main = trainer.accelerator.is_main_process
     run.log = MetricsLog(stage.run_dir, checkpoint_step(resume_from) if resume_from else None, cfg.report_to) if main else None
     if resume_from is not None:
-        _load_teacher(trainer.sdft_teacher, resume_from)
+        load_teacher(trainer.sdft_teacher, resume_from)
     with (progress_bar() if main else nullcontext()) as progress:
         run.progress = progress
         try:
@@ -145,11 +142,11 @@ def build_trainer(stage: Stage, callbacks: Sequence[TrainerCallback] = ()):
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=Dataset.from_list(trl_dataset(rows, stage.task.system_prompt)),
         processing_class=loaded.tokenizer, optimizers=(optimizer, build_scheduler(optimizer, cfg.train)),
-        callbacks=[*callbacks, _TeacherCallback(teacher),
-                   _RunLog(cfg.train.batch_size, cfg.train.log_every, cfg.train.sample_count, stage.checkpoint_dir)],
+        callbacks=[*callbacks, TeacherCallback(teacher),
+                   RunLog(cfg.train.batch_size, cfg.train.log_every, cfg.train.sample_count, stage.checkpoint_dir)],
         sdft_teacher=teacher,
     )
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; _RunLog logs instead
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; RunLog logs instead
     return trainer
 
 
@@ -245,100 +242,9 @@ def _trainer_class():
             return self.sdft_teacher._weights()
 
         def _get_train_sampler(self, dataset=None):
-            return _EpochSeeded(super()._get_train_sampler(dataset))
+            return EpochSeeded(super()._get_train_sampler(dataset))
 
     return _SDFTAdapter
-
-
-class _EpochSeeded(torch.utils.data.Sampler):
-    """TRL's RepeatSampler seeds its generator once and draws one permutation per pass, but on resume transformers
-    skips whole epochs without iterating them, so a run resumed at or after an epoch boundary replays epoch 0's order.
-    With set_epoch (transformers calls it at every epoch start) the order is a function of (seed, epoch)."""
-
-    def __init__(self, sampler):
-        self.sampler = sampler
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.sampler.shuffle:
-            self.sampler.generator.manual_seed(self.sampler.seed * 100_003 + epoch)
-
-    def __iter__(self):
-        return iter(self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-class _TeacherCallback(TrainerCallback):
-    """The teacher's update after every optimizer step, and its state in every checkpoint."""
-
-    def __init__(self, teacher: Teacher):
-        self.teacher = teacher
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.teacher.update()
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            from safetensors.torch import save_file
-
-            tensors = {k: v.detach().contiguous() for k, v in self.teacher.state_dict().items()}
-            save_file(tensors, str(Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}" / TEACHER_FILE))
-
-
-def _load_teacher(teacher: Teacher, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
-
-    path = Path(checkpoint) / TEACHER_FILE
-    if not path.is_file():
-        raise UserError(f"cannot resume from {checkpoint}: it has no {TEACHER_FILE} (not written by engine trl)")
-    teacher.load_state_dict(load_file(str(path)))
-
-
-class _RunLog(TrainerCallback):
-    """metrics.jsonl every step (TRL's keys plus the native engine's names for the comparable ones), samples.jsonl,
-    the progress bar and the NaN guard. `log` and `progress` are set by train_trl_sdft."""
-
-    def __init__(self, batch_size: int, log_every: int, sample_count: int, checkpoint_dir: Path):
-        self.batch_size, self.log_every, self.sample_count = batch_size, log_every, sample_count
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.log: MetricsLog | None = None
-        self.progress = None
-        self.last: dict[str, Any] = {}
-        self._bar, self._started, self._seconds, self._samples = None, 0.0, 0.0, []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self._bar = self.progress.add_task("sdft (trl)", total=state.max_steps, completed=state.global_step)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._seconds = time.perf_counter() - self._started
-        if self._bar is not None:
-            self.progress.update(self._bar, completed=state.global_step)
-
-    def on_self_distillation_batch_prepared(self, processing_class=None, prompt_ids=None, completion_ids=None, **kwargs):
-        """A TRL event: a step's rollouts are sampled; keep a few as text for samples.jsonl."""
-        decode = lambda ids: processing_class.batch_decode(ids[: self.sample_count], skip_special_tokens=True)  # noqa: E731
-        self._samples = [{"prompt": p, "completion": c} for p, c in zip(decode(prompt_ids), decode(completion_ids))]
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:  # the end-of-training summary
-            return
-        record = {key: value for key, value in logs.items() if key not in _DROPPED_KEYS}
-        tokens = record.get("completions/mean_length", 0.0) * self.batch_size
-        record.update(completion_tokens=record.get("completions/mean_length"), capped_share=record.get("completions/clipped_ratio"),
-                      step_seconds=self._seconds, tokens_per_second=tokens / self._seconds if self._seconds else 0.0)
-        self.last = record
-        if self.log is not None:
-            self.log.log(state.global_step, record)
-            if state.global_step % self.log_every == 0:
-                self.log.samples(state.global_step, self._samples)
-        if self._bar is not None:
-            self.progress.update(self._bar, description=f"sdft (trl) loss {record['loss']:.4f}")
-        require_finite(record, state.global_step, self.checkpoint_dir)
 
 
 def _processes() -> int:
