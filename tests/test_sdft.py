@@ -236,6 +236,15 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir
     assert len(steps) == 4
 
 
+def test_resuming_with_another_lora_ema_setting_says_so(tiny_model_dir, task, tmp_path):
+    saved = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "lora.ema=update", "train.steps=2", lora=True)
+    sdft_method.train_sdft(saved)
+    resumed = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "lora.ema=adapter", "train.steps=4",
+                         lora=True, resume=True)
+    with pytest.raises(UserError, match="another train.teacher, lora or lora.ema setting.*--set lora.ema=update"):
+        sdft_method.build_trainer(resumed)
+
+
 def test_resume_after_a_crash_mid_run_equals_an_uninterrupted_run(tiny_model_dir, task, tmp_path, monkeypatch):
     def run(run_dir, resume=False):
         stage = make_stage(tiny_model_dir, task, run_dir, "train.teacher=ema", resume=resume)

@@ -103,8 +103,7 @@ class EmaCopyTeacher(FrozenCopyTeacher):
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for name, shadow in self.shadow.items():
-            shadow.copy_(state[name])
+        _load_shadow(self.shadow, state)
         _copy_into(self.copy, self.shadow)
 
 
@@ -141,8 +140,7 @@ class EmaAdapterTeacher(Teacher):
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for name, shadow in self.shadow.items():
-            shadow.copy_(state[name])
+        _load_shadow(self.shadow, state)
 
 
 class EmaUpdateTeacher(Teacher):
@@ -176,8 +174,18 @@ class EmaUpdateTeacher(Teacher):
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for name, shadow in self.shadow.items():
-            shadow.copy_(state[name])
+        _load_shadow(self.shadow, state)
+
+
+def _load_shadow(shadow: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    """A checkpoint's EMA state into `shadow`; a state of another shape of teacher is refused by name."""
+    if state.keys() != shadow.keys():
+        raise UserError(f"the checkpoint's EMA teacher holds other tensors than this run's ({len(state)} saved, "
+                        f"{len(shadow)} expected, e.g. '{next(iter(state.keys() ^ shadow.keys()))}'): it was saved "
+                        "with another train.teacher, lora or lora.ema setting; resume with the run's own settings "
+                        "(LoRA runs from before lora.ema existed averaged the update: --set lora.ema=update)")
+    for name, tensor in shadow.items():
+        tensor.copy_(state[name])
 
 
 def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
