@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -153,15 +154,12 @@ def _restore(trainer: Trainer, path) -> None:
 def train_step(trainer: Trainer) -> tuple[dict, list[dict]]:
     """One optimizer step over cfg.batch_size prompts, in cfg.gradient_accumulation micro-batches."""
     cfg = trainer.cfg
-    processes, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
-    micro_size = cfg.batch_size // cfg.gradient_accumulation
     timings = {"generation": 0.0, "teacher_forward": 0.0, "student_forward_backward": 0.0}
     parts, samples = [], []
-    for micro in range(cfg.gradient_accumulation):
-        batch = trainer.stream.next_batch(micro_size)[rank::processes]
+    for micro, (batch, share) in enumerate(_my_micro_batches(trainer)):
         last = micro == cfg.gradient_accumulation - 1
         with contextlib.nullcontext() if last else trainer.accelerator.no_sync(trainer.wrapped):
-            part, micro_samples = _micro_step(trainer, batch, timings)
+            part, micro_samples = _micro_step(trainer, batch, timings, share)
         parts.append(part)
         samples.extend(micro_samples)
     started = time.perf_counter()
@@ -187,25 +185,37 @@ def _mean_over_processes(accelerator: Accelerator, metrics: dict) -> dict:
 
 SHARED_PROMPT_PASS_MIN_TOKENS = 256
 """With full fine-tuning the student's prompt pass doubles as the sampler's prefill only from this many prompt tokens
-per micro-batch on. Sharing saves the prefill (a forward over the prompt tokens), but the backward then runs twice
-over every weight and builds a second full-size weight gradient to add to the first. Measured on the Qwen2.5-0.5B
-shape, 2 CPU cores (BENCHMARKS.md): 31 prompt tokens, backward +1.6 s for 0.4 s of prefill saved; 126 tokens, +1.2
-s for 1.0 s; on the embedded model (1,300-2,600 prompt tokens per step) sharing gains. With LoRA the second gradient
-is the adapters' only and sharing costs at most what it saves (0.5B shape, 31 tokens: +0.30 s for 0.35 s), so
-LoRA always shares."""
+per process in a micro-batch on. Sharing saves the prefill (a forward over the prompt tokens), but the backward then
+runs twice over every weight and builds a second full-size weight gradient to add to the first. Measured on the
+Qwen2.5-0.5B shape, 2 CPU cores (BENCHMARKS.md): 31 prompt tokens, backward +1.6 s for 0.4 s of prefill saved; 126
+tokens, +1.2 s for 1.0 s; on the embedded model (1,300-2,600 prompt tokens per step) sharing gains. With LoRA the
+second gradient is the adapters' only and sharing costs at most what it saves (0.5B shape, 31 tokens: +0.30 s for
+0.35 s), so LoRA always shares."""
 
 
-def _shares_prompt_pass(trainer: Trainer, prompt_mask: torch.Tensor) -> bool:
+def _my_micro_batches(trainer: Trainer) -> Iterator[tuple[list[PreparedRow], bool]]:
+    """This process's share of each micro-batch, and whether its prompt pass is shared. Every process draws the same
+    micro-batch and decides from all of it: under DDP every process must run the same number of forward passes
+    (each one broadcasts the model's buffers), or they wait on each other for ever."""
+    processes, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
+    for _ in range(trainer.cfg.gradient_accumulation):
+        everyone = trainer.stream.next_batch(trainer.cfg.batch_size // trainer.cfg.gradient_accumulation)
+        share = _shares_prompt_pass(trainer, sum(len(r.student_ids) for r in everyone) / processes)
+        yield everyone[rank::processes], share
+
+
+def _shares_prompt_pass(trainer: Trainer, prompt_tokens_per_process: float) -> bool:
     if trainer.share_prompt_pass is not None:
         return trainer.share_prompt_pass
-    return trainer.stage.cfg.lora.enabled or int(prompt_mask.sum()) >= SHARED_PROMPT_PASS_MIN_TOKENS
+    return trainer.stage.cfg.lora.enabled or prompt_tokens_per_process >= SHARED_PROMPT_PASS_MIN_TOKENS
 
 
-def _micro_step(trainer: Trainer, batch: list[PreparedRow], timings: dict) -> tuple[dict, list[dict]]:
+def _micro_step(trainer: Trainer, batch: list[PreparedRow], timings: dict,
+                share_prompt_pass: bool) -> tuple[dict, list[dict]]:
     cfg, device, pad = trainer.cfg, trainer.stage.loaded.device, trainer.tokenizer.pad_token_id
     prompt_ids, prompt_mask = left_pad([r.student_ids for r in batch], pad, device)
     prompt = None
-    if _shares_prompt_pass(trainer, prompt_mask):  # the first half of the student's forward, and the sampler's prefill
+    if share_prompt_pass:  # the first half of the student's forward, and the sampler's prefill
         with _timed(timings, "student_forward_backward"):
             prompt = prompt_pass(trainer.wrapped, prompt_ids, prompt_mask)
     with _timed(timings, "generation"):
