@@ -42,8 +42,15 @@ class Teacher:
 
     @torch.no_grad()
     def logits(self, prompt_ids: Tensor, prompt_mask: Tensor, rollout: Rollout) -> Tensor:
-        with self._weights():
-            return completion_logits(self._model(), prompt_ids, prompt_mask, rollout)
+        """In eval mode: the teacher's targets carry no dropout (LoRA's or the model's), whichever module runs them."""
+        model = self._model()
+        was_training = model.training
+        model.eval()
+        try:
+            with self._weights():
+                return completion_logits(model, prompt_ids, prompt_mask, rollout)
+        finally:
+            model.train(was_training)
 
     def update(self) -> None:
         """Called after every optimizer step."""
@@ -179,11 +186,11 @@ class EmaUpdateTeacher(Teacher):
 
 def _load_shadow(shadow: dict[str, Tensor], state: dict[str, Tensor]) -> None:
     """A checkpoint's EMA state into `shadow`; a state of another shape of teacher is refused by name."""
-    if state.keys() != shadow.keys():
-        raise UserError(f"the checkpoint's EMA teacher holds other tensors than this run's ({len(state)} saved, "
-                        f"{len(shadow)} expected, e.g. '{next(iter(state.keys() ^ shadow.keys()))}'): it was saved "
-                        "with another train.teacher, lora or lora.ema setting; resume with the run's own settings "
-                        "(LoRA runs from before lora.ema existed averaged the update: --set lora.ema=update)")
+    misfits = state.keys() ^ shadow.keys() or {n for n in shadow if state[n].shape != shadow[n].shape}
+    if misfits:
+        raise UserError(f"the checkpoint's EMA teacher does not fit this run's (e.g. '{sorted(misfits)[0]}'): it was "
+                        "saved with other lora or lora.ema settings; resume with the run's own settings (LoRA runs "
+                        "from before lora.ema existed averaged the update: --set lora.ema=update)")
     for name, tensor in shadow.items():
         tensor.copy_(state[name])
 
