@@ -140,9 +140,11 @@ def model_shapes(cfg: Config) -> ModelShapes | str:
         return (f"model {cfg.model.name_or_path}: its config.json is not available offline (not a local folder, not in "
                 "the Hugging Face cache; a dry run downloads nothing); parameters and memory are not estimated "
                 "(download it, or point model.name_or_path at a local folder)")
-    except (ValueError, UserError) as err:
+    except ValueError as err:
         return (f"model {cfg.model.name_or_path}: its config.json cannot be read ({str(err).splitlines()[0]}); "
                 "parameters and memory are not estimated")
+    except UserError as err:  # no such folder, a folder without a model, ...: its own words
+        return f"{err}; parameters and memory are not estimated"
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
     text = config.get_text_config()

@@ -164,6 +164,24 @@ def test_ema_adapter_teacher_is_the_ema_of_the_adapter_weights_and_leaves_the_st
         assert torch.equal(completion_logits(trainer.model, ids, mask, rollout), student_before)
 
 
+@pytest.mark.parametrize("teacher, lora_ema", [("ema", "adapter"), ("ema", "update"), ("frozen", "adapter")])
+def test_the_teacher_runs_without_dropout(tiny_model_dir, task, tmp_path, teacher, lora_ema):
+    stage = make_stage(tiny_model_dir, task, tmp_path, f"train.teacher={teacher}", f"lora.ema={lora_ema}",
+                       "lora.dropout=0.5", lora=True)
+    with torch.no_grad():
+        for name, p in stage.loaded.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # a non-zero adapter at stage start, so that dropout on its path would show
+    trainer = sdft_method.build_trainer(stage)
+    ids, mask = left_pad([[5, 6, 7]], 0, torch.device("cpu"))
+    rollout = completion_from_tokens(torch.tensor([[8, 9, 10]]), eos_id=1, pad_id=0)
+    assert trainer.model.training
+    torch.manual_seed(0)
+    first = trainer.teacher.logits(ids, mask, rollout)
+    torch.manual_seed(1)
+    assert torch.equal(trainer.teacher.logits(ids, mask, rollout), first) and trainer.model.training
+
+
 def test_ema_update_teacher_is_the_ema_of_the_effective_update(tiny_model_dir, task, tmp_path):
     stage = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.ema_rate=0.4", "lora.ema=update",
                        lora=True)
@@ -241,8 +259,12 @@ def test_resuming_with_another_lora_ema_setting_says_so(tiny_model_dir, task, tm
     sdft_method.train_sdft(saved)
     resumed = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "lora.ema=adapter", "train.steps=4",
                          lora=True, resume=True)
-    with pytest.raises(UserError, match="another train.teacher, lora or lora.ema setting.*--set lora.ema=update"):
+    with pytest.raises(UserError, match="other lora or lora.ema settings.*--set lora.ema=update"):
         sdft_method.build_trainer(resumed)
+    other_rank = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "lora.ema=update", "lora.r=2",
+                            "train.steps=4", lora=True, resume=True)
+    with pytest.raises(UserError, match="student weights do not fit this model"):  # same names, other shapes
+        sdft_method.build_trainer(other_rank)
 
 
 def test_resume_after_a_crash_mid_run_equals_an_uninterrupted_run(tiny_model_dir, task, tmp_path, monkeypatch):
@@ -446,11 +468,31 @@ def test_the_prompt_pass_is_shared_where_it_pays(tiny_model_dir, task, tmp_path,
     """Full fine-tuning shares from SHARED_PROMPT_PASS_MIN_TOKENS prompt tokens on, LoRA always; forcing wins."""
     trainer = sdft_method.build_trainer(make_stage(tiny_model_dir, task, tmp_path, lora=lora))
     assert trainer.share_prompt_pass is None  # no dropout: decided per micro-batch
-    few, many = torch.ones(4, 10), torch.ones(4, sdft_method.SHARED_PROMPT_PASS_MIN_TOKENS // 4)
+    few, many = 40, sdft_method.SHARED_PROMPT_PASS_MIN_TOKENS
     assert sdft_method._shares_prompt_pass(trainer, few) == lora
     assert sdft_method._shares_prompt_pass(trainer, many)
     trainer.share_prompt_pass = False
     assert not sdft_method._shares_prompt_pass(trainer, many)
+
+
+def test_every_process_makes_the_same_prompt_pass_decision(tiny_model_dir, task, tmp_path, monkeypatch):
+    """Under DDP every process must run as many forward passes as the others: the decision is the whole
+    micro-batch's, even where this process's own rows alone would fall on the other side of the threshold."""
+    from types import SimpleNamespace
+
+    from sdft.methods.rollout import PreparedRow
+
+    trainer = sdft_method.build_trainer(make_stage(tiny_model_dir, task, tmp_path, "train.gradient_accumulation=1"))
+    everyone = [PreparedRow(row=None, student_ids=[5] * n, teacher_ids=[5]) for n in (10, 1, 10, 1)]
+    trainer.stream = SimpleNamespace(next_batch=lambda size: everyone[:size])
+    monkeypatch.setattr(sdft_method, "SHARED_PROMPT_PASS_MIN_TOKENS", 11)  # rank 0 alone has 20 tokens, rank 1 has 2
+    decisions = []
+    for rank in range(2):
+        trainer.accelerator = SimpleNamespace(num_processes=2, process_index=rank)
+        ((batch, share),) = sdft_method._my_micro_batches(trainer)
+        assert batch == everyone[rank::2]
+        decisions.append(share)
+    assert decisions == [True, True]  # 22 tokens over 2 processes
 
 
 @pytest.mark.parametrize("preallocated", [True, False])

@@ -329,3 +329,16 @@ def test_sft_steps_with_the_learning_rates_of_an_sdft_run(tmp_path, tiny_model_d
     train_sft(stage)
     lr = stage.cfg.train.learning_rate
     assert [r["learning_rate"] for r in records(stage.run_dir)] == pytest.approx([lr / 3, 2 * lr / 3, lr, lr / 2])
+
+
+def test_a_checkpoint_whose_optimizer_does_not_fit_is_named(tmp_path, tiny_model_dir):
+    """E.g. a run saved by an sdft whose SFT used transformers' AdamW (two parameter groups): one clear line."""
+    stage = make_stage(tmp_path / "run", tiny_model_dir, "train.steps=2", "train.checkpoint_every=2")
+    train_sft(stage)
+    saved = stage.checkpoint_dir / "checkpoint-2" / "optimizer.pt"
+    state = torch.load(saved, weights_only=False)
+    state["param_groups"] = [dict(state["param_groups"][0], params=[]), *state["param_groups"]]  # one group more
+    torch.save(state, saved)
+    resumed = make_stage(tmp_path / "run", tiny_model_dir, "train.steps=4", "train.checkpoint_every=2", resume=True)
+    with pytest.raises(UserError, match="cannot resume from .*checkpoint-2: its optimizer state does not fit"):
+        train_sft(resumed)

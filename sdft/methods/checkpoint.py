@@ -67,6 +67,11 @@ def load_checkpoint(path: Path, model) -> tuple[dict, dict]:
     """Restore the student's trainable weights in place; return (teacher state, trainer state)."""
     student = load_file(str(Path(path) / "student.safetensors"))
     params = dict(model.named_parameters())
+    misfits = student.keys() - params.keys() or {n for n, v in student.items() if v.shape != params[n].shape}
+    if misfits:
+        raise UserError(f"cannot resume from {path}: its student weights do not fit this model (e.g. "
+                        f"'{sorted(misfits)[0]}'): it was saved with another model or lora settings; resume with the "
+                        "run's own settings")
     with torch.no_grad():
         for name, value in student.items():
             params[name].copy_(value)

@@ -24,7 +24,7 @@ from sdft.models import process_state
 
 # One loop for SFT and CPT: these are sft.py's (it owns the TRL session); only the examples differ here.
 from sdft.methods.sft import (RunCallback, _no_transformers_bars, _save_on_interrupt, _training_session,
-                              build_trainer)
+                              build_trainer, train_from)
 
 
 def corpus_blocks(task, tokenizer, block: int) -> list[list[int]]:
@@ -61,7 +61,7 @@ def train_cpt(stage: Stage, callbacks: Sequence[TrainerCallback] = ()) -> StageR
                               extra={"corpus_blocks": len(blocks)}, stop_requested=stop)
             trainer = build_trainer(stage, examples, [*callbacks, run])
             try:
-                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                train_from(trainer, resume_from)
             except KeyboardInterrupt:
                 _save_on_interrupt(trainer)
                 raise

@@ -4,7 +4,7 @@ A plain loop over a preallocated KV cache (no `generate`: its growing cache copi
 computing finished rows until the last one ends), drawing exactly the tokens `generate` draws under the same seed.
 A finished row leaves the batch by having a row from the end moved into its place in the same buffers. For
 Llama-family models each token is one lean step (sdft/methods/lean_decode.py: the model's modules without the generic
-forward's per-call overhead). The prefill is the student's prompt pass when the trainer shares it (rollout.py).
+forward's per-call overhead). The prefill is the student's prompt pass where sdft.py shares it (rollout.prompt_pass).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def train_sft(stage: Stage, callbacks: Sequence[TrainerCallback] = ()) -> StageR
                               extra={"skipped_rows": skipped}, stop_requested=stop)
             trainer = build_trainer(stage, examples, [*callbacks, run])
             try:
-                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                train_from(trainer, resume_from)
             except KeyboardInterrupt:
                 _save_on_interrupt(trainer)
                 raise
@@ -61,6 +61,18 @@ def train_sft(stage: Stage, callbacks: Sequence[TrainerCallback] = ()) -> StageR
             save_model(stage.loaded.model, stage.loaded.tokenizer, stage.model_dir)
         trainer.accelerator.wait_for_everyone()
     return StageResult(steps=trainer.state.global_step, metrics=run.last, model_dir=stage.model_dir)
+
+
+def train_from(trainer, resume_from: Path | None) -> None:
+    """trainer.train from the checkpoint, if any; one whose optimizer state does not fit this run is named."""
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except ValueError as err:
+        if resume_from is None or "parameter group" not in str(err):
+            raise
+        raise UserError(f"cannot resume from {resume_from}: its optimizer state does not fit this run ({err}); it was "
+                        "saved with other lora settings, or by an sdft from before 2026-11-25 whose SFT used "
+                        "transformers' optimizer; start again in a new --output") from None
 
 
 def tokenize_rows(stage: Stage) -> tuple[list[dict[str, list[int]]], int]:
