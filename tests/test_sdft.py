@@ -259,12 +259,27 @@ def test_resuming_with_another_lora_ema_setting_says_so(tiny_model_dir, task, tm
     sdft_method.train_sdft(saved)
     resumed = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "lora.ema=adapter", "train.steps=4",
                          lora=True, resume=True)
+    with pytest.raises(UserError, match="saved with train.teacher=ema with lora.ema=update, this run has "
+                                        "train.teacher=ema with lora.ema=adapter"):
+        sdft_method.build_trainer(resumed)
+    saved = tmp_path / "checkpoints" / "step-000002" / "trainer.pt"  # as written before checkpoints named the teacher
+    state = torch.load(saved, weights_only=False)
+    del state["teacher"]
+    torch.save(state, saved)
     with pytest.raises(UserError, match="other lora or lora.ema settings.*--set lora.ema=update"):
         sdft_method.build_trainer(resumed)
     other_rank = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "lora.ema=update", "lora.r=2",
                             "train.steps=4", lora=True, resume=True)
     with pytest.raises(UserError, match="student weights do not fit this model"):  # same names, other shapes
         sdft_method.build_trainer(other_rank)
+
+
+def test_resuming_a_frozen_teacher_run_as_an_ema_one_says_so(tiny_model_dir, task, tmp_path):
+    """Full fine-tuning: both teachers hold every weight under the same names, so only the recorded setting tells."""
+    sdft_method.train_sdft(make_stage(tiny_model_dir, task, tmp_path, "train.teacher=frozen", "train.steps=2"))
+    resumed = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.steps=4", resume=True)
+    with pytest.raises(UserError, match="saved with train.teacher=frozen, this run has train.teacher=ema"):
+        sdft_method.build_trainer(resumed)
 
 
 def test_resume_after_a_crash_mid_run_equals_an_uninterrupted_run(tiny_model_dir, task, tmp_path, monkeypatch):

@@ -134,6 +134,7 @@ def save(trainer: Trainer) -> None:
             "scheduler": trainer.scheduler.state_dict(),
             "stream": trainer.stream.state_dict(),
             "rng": rng_states,
+            "teacher": trainer.teacher.SETTING,
         }
         ckpt.save_checkpoint(trainer.stage.checkpoint_dir, trainer.step, trainer.model, trainer.teacher.state_dict(),
                              state, trainer.cfg.keep_checkpoints)
@@ -142,6 +143,10 @@ def save(trainer: Trainer) -> None:
 
 def _restore(trainer: Trainer, path) -> None:
     teacher_state, state = ckpt.load_checkpoint(path, trainer.model)
+    saved = state.get("teacher", trainer.teacher.SETTING)  # checkpoints from before 2026-11-25 do not say
+    if saved != trainer.teacher.SETTING:
+        raise UserError(f"cannot resume from {path}: it was saved with {saved}, this run has "
+                        f"{trainer.teacher.SETTING}; resume with the run's own settings")
     trainer.teacher.load_state_dict(teacher_state)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])

@@ -30,6 +30,9 @@ from sdft.methods.rollout import Rollout, completion_logits
 class Teacher:
     """Base: the live student. Subclasses change which weights run the forward pass."""
 
+    SETTING = "train.teacher=live"
+    """The settings that build this teacher: a checkpoint records them, and resume refuses others."""
+
     def __init__(self, model: torch.nn.Module):
         self.student = model
 
@@ -65,6 +68,8 @@ class Teacher:
 class FrozenCopyTeacher(Teacher):
     """Full fine-tuning, frozen: a deep copy of the weights at stage start (costs one model of memory)."""
 
+    SETTING = "train.teacher=frozen"
+
     def __init__(self, model: torch.nn.Module):
         super().__init__(model)
         self.copy = copy.deepcopy(model).eval().requires_grad_(False)
@@ -82,6 +87,8 @@ class FrozenCopyTeacher(Teacher):
 class FrozenAdapterTeacher(Teacher):
     """LoRA, frozen: the base weights are the stage-start weights, so disabling the adapter is the teacher."""
 
+    SETTING = "train.teacher=frozen with LoRA"
+
     def _weights(self) -> contextlib.AbstractContextManager:
         return self.student.disable_adapter()
 
@@ -90,6 +97,8 @@ class EmaCopyTeacher(FrozenCopyTeacher):
     """Full fine-tuning, EMA: fp32 shadow weights updated after every step, cast into a runnable copy.
     The shadow is fp32 whatever the model dtype: in bf16 an update of rate 0.01 would round away. For an fp32
     parameter the copy's own tensor is the shadow: no third set of weights, nothing to cast."""
+
+    SETTING = "train.teacher=ema"
 
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
@@ -119,6 +128,8 @@ class EmaAdapterTeacher(Teacher):
     started from their stage-start values, as EmaCopyTeacher does for full fine-tuning. The teacher runs the
     student's own modules with the shadow swapped in as the adapter's data (no copy for an fp32 adapter) and the
     student's tensors swapped back after. Memory: one adapter."""
+
+    SETTING = "train.teacher=ema with lora.ema=adapter"
 
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
@@ -155,6 +166,8 @@ class EmaUpdateTeacher(Teacher):
     (an EMA of the product, which no fixed-rank adapter can hold). The teacher runs the base weights with the
     adapter disabled, each adapted base layer computing with its weight plus the shadow (_run_with_update).
     Memory: one fp32 matrix per adapted layer."""
+
+    SETTING = "train.teacher=ema with lora.ema=update"
 
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
