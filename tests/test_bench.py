@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 SMALL = {"task": "repeat", "batch": 2, "max_completion": 40, "rows": 4, "warmup": 1, "steps": 1, "threads": 1,
          "device": "cpu", "dtype": "float32", "seed": 0}
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # runs the benchmark script's workers: tens of seconds
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ import torch
 
 from conftest import qa_records, write_jsonl
 
+pytestmark = pytest.mark.slow  # launches two processes with accelerate
+
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate launcher is not on PATH")
 def test_sdft_train_under_accelerate_launch_with_two_processes(tmp_path, tiny_model_dir):

@@ -54,6 +54,7 @@ def test_unknown_task_is_a_user_error():
         load_embedded_task("sciense")
 
 
+@pytest.mark.slow  # tokenises every row of every task: seconds
 def test_tokenizer_round_trips_everything_the_tasks_use(tiny):
     _, tokenizer = tiny
     assert tokenizer.padding_side == "left" and tokenizer.pad_token and tokenizer.eos_token
@@ -116,11 +117,13 @@ def test_batched_left_padded_generation_matches_one_by_one(tiny):
     assert batched == [_generate(model, tokenizer, [p], 48)[0] for p in prompts]
 
 
+@pytest.mark.slow  # the embedded model's abilities: greedy decoding over task samples
 @pytest.mark.parametrize("skill", PRIOR_SKILLS)
 def test_prior_skills_are_mastered(tiny, skill):
     assert _accuracy(*tiny, skill, teacher=False)[0] >= 0.85  # the build requires >= 0.90 on the full set
 
 
+@pytest.mark.slow  # the embedded model's abilities: greedy decoding over task samples
 @pytest.mark.parametrize("task", TASKS)
 def test_the_student_half_knows_each_new_task(tiny, task):
     student, student_unseen = _accuracy(*tiny, task, teacher=False)
@@ -128,6 +131,7 @@ def test_the_student_half_knows_each_new_task(tiny, task):
     assert student_unseen <= 0.15, f"student unseen {student_unseen}"  # full set: <= 0.10
 
 
+@pytest.mark.slow  # the embedded model's abilities: greedy decoding over task samples
 @pytest.mark.parametrize("task", TASKS)
 def test_the_teacher_reads_its_demonstration(tiny, task):
     teacher, teacher_unseen = _accuracy(*tiny, task, teacher=True)

@@ -18,6 +18,8 @@ from sdft.lm_harness import harness_scores  # noqa: E402
 from sdft.models import load_model  # noqa: E402
 from conftest import write_jsonl  # noqa: E402
 
+pytestmark = pytest.mark.slow  # lm-eval's TaskManager indexes every harness task: ~20 s
+
 ROWS = [  # hand-written questions and choices; labels are set per test from the model's own preferences
     ("What colour is the sky?", ["blue", "green", "a loud noise"]),
     ("How many legs has a cat?", ["four", "two", "seventeen"]),
