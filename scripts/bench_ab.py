@@ -1,4 +1,4 @@
-"""An in-process A/B of the SDFT hot path's switches: the lean decoding step (sdft/methods/lean_decode.py) on or off,
+"""An in-process A/B of the SDFT hot path's switches: the lean decoding step (sdft/generation/lean_decode.py) on or off,
 and the shared student prompt pass (Trainer.share_prompt_pass forced on or off), on one trainer, alternating the four
 variants step after step so that a machine whose speed drifts weighs on all of them alike.
 
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    from sdft.methods import sampler, sdft
+    from sdft.generation import native as sampler
+    from sdft.methods import sdft
 
     spec = {"config": "sdft-ema-full", "model": args.model, "task": "science", "batch": 16, "max_completion": 160,
             "rows": 64, "warmup": 1, "steps": args.reps, "threads": 0, "device": "cpu", "dtype": "float32", "seed": 0}

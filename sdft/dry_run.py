@@ -58,11 +58,9 @@ def dry_run_sequence(cfg: Config) -> DryRun:
 
 
 def _dry_run(cfg: Config, stages: list[Config]) -> DryRun:
-    from sdft.run_eval import general_suite
-
     registry = task_registry(cfg.custom_tasks, cfg.task_sources)
     evaluated = [*dict.fromkeys([s.train.task for s in stages] + (cfg.tasks if len(stages) > 1 else []))]
-    require_known([*evaluated, *general_suite(cfg)], registry)
+    require_known([*evaluated, *cfg.eval.general], registry)
     notes, problems, loaded = [], [], {}
     for name in evaluated:
         src = cfg.task_sources.get(name)
@@ -113,7 +111,7 @@ class ModelShapes:
     lora_params: dict[str, int]
     """rank-1 LoRA parameter count per target module name (multiply by r)."""
     linear_weights: dict[str, int]
-    """Weight count of the Linear layers per module name (what lora.ema=update shadows)."""
+    """Weight count of the Linear layers per module name (what train.lora_ema=update shadows)."""
 
     def describe(self) -> list[str]:
         count = f"{self.params / 1e9:.2f}B" if self.params >= 1e9 else f"{self.params / 1e6:.2f}M"
@@ -170,11 +168,11 @@ def memory_lines(cfg: Config, shapes: ModelShapes) -> list[str]:
         parts["teacher copy"] = shapes.params * size
         if train.teacher == "ema":
             parts["EMA shadow (fp32)"] = shapes.params * 4
-    elif train.method == "sdft" and train.teacher == "ema" and cfg.lora.ema == "adapter":
+    elif train.method == "sdft" and train.teacher == "ema" and train.lora_ema == "adapter":
         parts["EMA shadow of the adapters (fp32)"] = trainable * 4
     elif train.method == "sdft" and train.teacher == "ema":
         covered = sum(v for k, v in shapes.linear_weights.items() if k in cfg.lora.target_modules)
-        parts["EMA shadow of the adapted layers' updates (fp32, lora.ema=update)"] = covered * 4
+        parts["EMA shadow of the adapted layers' updates (fp32, train.lora_ema=update)"] = covered * 4
     micro = max(1, train.batch_size // train.gradient_accumulation)
     seq = (train.max_completion_tokens if train.method == "cpt" else train.max_prompt_tokens + train.max_completion_tokens)
     per_token = ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * shapes.layers * shapes.hidden * size / 2

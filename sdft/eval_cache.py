@@ -8,7 +8,6 @@ exactly; with sampling the remaining rows are batched differently, so they get o
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sdft.config import GenerationConfig
+from sdft.config import EvalConfig
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -33,9 +32,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def cache_key(fingerprint: str, task: str, version: str, split: str, limit: int | None, teacher: bool,
-              gen: GenerationConfig, seed: int) -> str:
-    settings = {k: v for k, v in dataclasses.asdict(gen).items() if k != "batch_size"}  # batching changes nothing
-    if gen.temperature > 0:
+              ev: EvalConfig, seed: int) -> str:
+    """The key of one evaluation: everything that decides its samples (eval.batch_size changes nothing)."""
+    settings = {"max_new_tokens": ev.max_new_tokens, "temperature": ev.sampling.temperature,
+                "top_p": ev.sampling.top_p, "samples": ev.samples}
+    if ev.sampling.backend != "hf":  # caches written before the backend was a setting are hf's: their keys stay valid
+        settings["backend"] = ev.sampling.backend
+    if ev.sampling.temperature > 0:
         settings["seed"] = seed
     payload = {"model": fingerprint, "task": task, "version": version, "split": split, "limit": limit,
                "prompt": "teacher" if teacher else "student", "generation": settings}

@@ -1,16 +1,16 @@
-"""Evaluation: batched generation (left padding, KV cache) and scoring, per task and for the general suite."""
+"""Evaluation of one model on one task split: generate through the generation interface (sdft/generation/), score,
+summarise. The evaluation service (sdft/eval_service.py) runs it for a whole run: cache, judge, general suite."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
-import torch
-
-from sdft.config import GenerationConfig
+from sdft.config import EvalConfig
 from sdft.eval_cache import SampleStore
+from sdft.generation import Generation, generate_texts
 from sdft.metrics import mean_pass_at_k
-from sdft.models import NEUTRAL_DECODING, NEUTRAL_PENALTIES, LoadedModel
+from sdft.models import LoadedModel
 from sdft.prompts import render_prompt, teacher_prompt
 from sdft.errors import UserError
 from sdft.scoring import JUDGED, get_scorer, is_judged
@@ -20,13 +20,6 @@ ProgressCallback = Callable[[int], None]
 """Called with the number of prompts just finished."""
 BatchScorer = Callable[[list[str], list[Row]], list[dict]]
 """(responses, their rows) -> one {"score": .., optional "metrics": {..}, "verdict": ..} per response."""
-
-
-@dataclass
-class Completion:
-    text: str
-    hit_cap: bool
-    """True when generation stopped at max_new_tokens without an end-of-sequence token."""
 
 
 @dataclass
@@ -65,69 +58,29 @@ def model_inputs(loaded: LoadedModel, task: TaskSpec, rows: list[Row], teacher: 
     return [render_prompt(loaded.tokenizer, user, task.system_prompt) for user in users]
 
 
-@torch.no_grad()
-def generate_batches(
-    loaded: LoadedModel, prompts: list[str], gen: GenerationConfig, seed: int = 0
-) -> Iterator[tuple[list[int], list[list[Completion]]]]:
-    """(prompt indices, gen.samples completions each) batch by batch.
-
-    Prompts are sorted by length so each batch pads little. With sampling, each batch is seeded from the
-    seed and its first prompt, so the samples do not depend on what ran before."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    for start in range(0, len(order), gen.batch_size):
-        batch = order[start : start + gen.batch_size]
-        if gen.temperature > 0:
-            torch.manual_seed(seed * 1_000_003 + batch[0])
-        yield batch, _generate_batch(loaded, [prompts[i] for i in batch], gen)
-
-
-def _generate_batch(loaded: LoadedModel, prompts: list[str], gen: GenerationConfig) -> list[list[Completion]]:
-    tokenizer = loaded.tokenizer
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
-    if gen.temperature > 0:
-        decoding = {**NEUTRAL_DECODING, "do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
-    else:
-        decoding = {**NEUTRAL_PENALTIES, "do_sample": False}
-    output = loaded.model.generate(
-        **encoded,
-        max_new_tokens=gen.max_new_tokens,
-        num_return_sequences=gen.samples,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        use_cache=True,
-        **decoding,
-    )
-    new_tokens = output[:, encoded["input_ids"].shape[1] :]
-    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    ended = (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()
-    capped = [not e and new_tokens.shape[1] >= gen.max_new_tokens for e in ended]
-    flat = [Completion(t, c) for t, c in zip(texts, capped)]
-    return [flat[i : i + gen.samples] for i in range(0, len(flat), gen.samples)]
-
-
 def evaluate_task(
     loaded: LoadedModel,
     task: TaskSpec,
-    gen: GenerationConfig,
-    split: str = "test",
-    limit: int | None = None,
+    ev: EvalConfig,
     teacher: bool = False,
     on_progress: ProgressCallback | None = None,
     store: SampleStore | None = None,
     seed: int = 0,
     judge=None,
 ) -> TaskEval:
-    """Generate for every row of the split and score it; accuracy averages over rows and samples.
-    With a store, rows it already holds are not generated again and new ones are written as they finish.
-    `judge` (sdft.judge.Judge) grades tasks whose scorer is judged."""
-    rows = task.split(split)[:limit] if limit else task.split(split)
+    """Generate for every row of the split (ev.split, the first ev.limit rows) and score it; accuracy averages
+    over rows and samples. With a store, rows it already holds are not generated again and new ones are written
+    as they finish. `judge` (sdft.judge.Judge) grades tasks whose scorer is judged."""
+    rows = task.rows(ev.split, ev.limit)
     prompts = model_inputs(loaded, task, rows, teacher)
     done = store.load() if store else {}
-    todo = [i for i in range(len(rows)) if len(done.get(i, [])) != gen.samples]
+    todo = [i for i in range(len(rows)) if len(done.get(i, [])) != ev.samples]
     if on_progress and len(todo) < len(rows):
         on_progress(len(rows) - len(todo))
     score = batch_scorer(task, judge)
-    for batch, completions in generate_batches(loaded, [prompts[i] for i in todo], gen, seed):
+    batches = generate_texts(loaded, [prompts[i] for i in todo], ev.sampling, ev.max_new_tokens, ev.samples,
+                             ev.batch_size, seed)
+    for batch, completions in batches:
         flat = [(todo[b], c) for b, per_row in zip(batch, completions) for c in per_row]
         scores = score([c.text for _, c in flat], [rows[i] for i, _ in flat])
         records = [_sample(i, rows[i], c, s) for (i, c), s in zip(flat, scores)]
@@ -137,7 +90,7 @@ def evaluate_task(
             store.append(records)
         if on_progress:
             on_progress(len(batch))
-    return _task_eval(task, [s for i in range(len(rows)) for s in done[i]], gen.samples)
+    return _task_eval(task, [s for i in range(len(rows)) for s in done[i]], ev.samples)
 
 
 def batch_scorer(task: TaskSpec, judge=None) -> BatchScorer:
@@ -158,7 +111,7 @@ def _judged(judge, rubric: str, responses: list[str], rows: list[Row]) -> list[d
     return [{"score": g.metrics.pop("score"), "metrics": g.metrics, "verdict": g.verdict} for g in grades]
 
 
-def _sample(index: int, row: Row, completion: Completion, scored: dict) -> dict:
+def _sample(index: int, row: Row, completion: Generation, scored: dict) -> dict:
     return {"row": index, "prompt": row.prompt, "response": completion.text, "answer": row.answer,
             "unseen": row.unseen, "hit_cap": completion.hit_cap, **scored}
 

@@ -10,7 +10,7 @@ Every parsed verdict is cached on disk, keyed by (judge identity, sha256 of the 
 evaluation costs no judge call. A reply without exactly one verdict word is "malformed": it scores 0, is
 counted, and is not cached (a later run asks again). Retries are the HTTP backend's (judge_backends.py).
 
-This module is a leaf (the config imports JudgeConfig from here): sdft imports happen inside functions.
+Its knobs are sdft.config.JudgeConfig.
 """
 
 from __future__ import annotations
@@ -22,42 +22,15 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from sdft.config import JudgeConfig
 from sdft.errors import UserError
 
 if TYPE_CHECKING:
     from sdft.judge_backends import Backend
 
 URL_ENV, MODEL_ENV = "SDFT_JUDGE_URL", "SDFT_JUDGE_MODEL"
-
-
-@dataclass
-class JudgeConfig:
-    """The LLM judge that grades free-text answers against a reference (the medical and knowledge tasks).
-    Its verdicts are cached under <output_root>/.judge_cache, keyed by the judge's model and the prompt."""
-
-    backend: Literal["none", "openai", "local"] = "none"
-    """none: tasks graded by a judge refuse to score; openai: an OpenAI-compatible HTTP endpoint (`url`);
-    local: a transformers model (`model`: a hub id or local folder) run in this process."""
-    url: str | None = None
-    """openai: the endpoint's base URL, e.g. http://127.0.0.1:8000/v1 (None = env SDFT_JUDGE_URL). Nothing
-    else is ever contacted."""
-    model: str | None = None
-    """The judge model's name at the endpoint, or the local model (None = env SDFT_JUDGE_MODEL)."""
-    api_key_env: str | None = "OPENAI_API_KEY"
-    """openai: the environment variable holding the key (never logged, cached or written); null = send no
-    key (e.g. a local vLLM server)."""
-    timeout_s: float = 60.0
-    """Seconds before one HTTP call is abandoned (and retried)."""
-    max_retries: int = 5
-    """Retries after a timeout, a connection error, HTTP 429 or 5xx; then the evaluation stops."""
-    backoff_s: float = 2.0
-    """The wait before the first retry, doubled for each next one (a longer Retry-After header wins)."""
-    concurrency: int = 8
-    """Judge calls in flight at once (HTTP backend)."""
-    max_tokens: int = 16
-    """Tokens the judge may write: one verdict word."""
 
 
 # --- rubrics -------------------------------------------------------------------------------------------
@@ -199,5 +172,5 @@ def make_judge(cfg: JudgeConfig, cache_dir: Path | None, device: str = "auto") -
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         backend: Backend = HttpBackend(cfg.url or os.environ[URL_ENV], model, key, cfg)
     else:
-        backend = LocalBackend(model, cfg, device)
+        backend = LocalBackend(model, cfg, device)  # batch size and dtype: cfg.batch_size, cfg.dtype
     return Judge(backend, JudgeCache(cache_dir, backend.identity) if cache_dir else None)

@@ -117,21 +117,22 @@ def _reply_text(payload: bytes) -> str:
 class LocalBackend:
     """A transformers chat model in this process, greedy decoding, prompts batched."""
 
-    def __init__(self, model: str, cfg: JudgeConfig, device: str = "auto", batch_size: int = 8):
+    def __init__(self, model: str, cfg: JudgeConfig, device: str = "auto"):
         from sdft.config import ModelConfig
         from sdft.models import load_model
 
-        self.loaded = load_model(ModelConfig(name_or_path=model, device=device))
-        self.identity, self.cfg, self.batch_size = f"local:{model}", cfg, batch_size
+        self.loaded = load_model(ModelConfig(name_or_path=model, device=device, dtype=cfg.dtype))
+        self.identity, self.cfg = f"local:{model}", cfg
 
     def complete_many(self, prompts: list[str]) -> list[str]:
-        from sdft.config import GenerationConfig
-        from sdft.evaluate import generate_batches
+        from sdft.config import SamplingConfig
+        from sdft.generation import generate_texts
 
-        gen = GenerationConfig(max_new_tokens=self.cfg.max_tokens, batch_size=self.batch_size)
         replies = [""] * len(prompts)
         chats = [_chat(self.loaded.tokenizer, p) for p in prompts]
-        for indices, completions in generate_batches(self.loaded, chats, gen):
+        greedy = SamplingConfig()  # a judge's verdict is its most probable reply
+        for indices, completions in generate_texts(self.loaded, chats, greedy, self.cfg.max_tokens,
+                                                   batch_size=self.cfg.batch_size):
             for i, per_prompt in zip(indices, completions):
                 replies[i] = per_prompt[0].text
         return replies

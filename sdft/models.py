@@ -17,17 +17,6 @@ RUN_MODEL_SUBDIR = "model"  # a run folder keeps its trained weights here
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-# generate() fills every decoding field we leave unset from the model's generation_config.json (a hub model
-# may ship top_k=20, repetition_penalty=1.05, ...). Evaluation and on-policy rollouts must decode the model's
-# own distribution, so every field that reshapes it is set to its neutral value here.
-NEUTRAL_PENALTIES = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-                     "min_new_tokens": 0}
-"""Neutral for greedy decoding too."""
-NEUTRAL_DECODING = {**NEUTRAL_PENALTIES, "top_k": 0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0,
-                    "eta_cutoff": 0.0}
-"""Neutral for sampling."""
-
-
 @dataclass
 class LoadedModel:
     model: torch.nn.Module

@@ -11,7 +11,8 @@ import dataclasses
 
 from sdft.errors import UserError
 from sdft.models import load_model
-from sdft.run_eval import EvalPlan, score_model, world_of
+from sdft.eval_service import EvalService, world_of
+from sdft.run_eval import EvalPlan
 from sdft.runs import atomic_write_json, atomic_write_text, lineage_of, write_run_header
 
 
@@ -30,9 +31,10 @@ def run_prior_eval(plan: EvalPlan) -> dict:
     base_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=lineage["base_model"]))
     now_model = load_model(cfg.model)
     write_run_header(plan.run_dir, cfg, "eval-prior", str(now_model.device))
-    now = score_model(now_model, cfg, plan.tasks, plan.general)
+    service = EvalService(cfg, plan.general)  # the base runs under the same evaluation settings
+    now = service.score(now_model, plan.tasks)
     del now_model
-    base = score_model(load_model(base_cfg.model), base_cfg, plan.tasks, plan.general)
+    base = service.score(load_model(base_cfg.model), plan.tasks)
     results = {
         "model": cfg.model.name_or_path,
         "base_model": lineage["base_model"],

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from sdft.config import Config, ModelConfig, config_to_dict, load_config
-from sdft.config_loading import apply_override
+from sdft.config.mapping import apply_override
 from sdft.console import console
 from sdft.errors import UserError
 from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95
 from sdft.methods.stage import Stage, add_lora
-from sdft.models import LoadedModel, load_model
-from sdft.run_eval import general_suite, score_model, world_of
+from sdft.eval_service import EvalService, world_of
+from sdft.models import LoadedModel, load_model, resolve_device
 from sdft.runs import atomic_write_json, read_json, write_lineage, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 from sdft.tasks.spec import TaskSpec
@@ -43,12 +43,17 @@ class SequencePlan:
     tasks: list[TaskSpec]
     general: list[TaskSpec]
     run_dir: Path
+    service: EvalService = field(init=False)
+    """The run's evaluation service: one judge and the caches for every row of every chain."""
+
+    def __post_init__(self) -> None:
+        self.service = EvalService(self.cfg, self.general)
 
 
 def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
     """Check every name and every per-stage override before anything trains."""
     registry = task_registry(cfg.custom_tasks, cfg.task_sources)
-    require_known([*cfg.tasks, *general_suite(cfg)], registry)
+    require_known([*cfg.tasks, *cfg.eval.general], registry)
     unknown = set(cfg.sequence.stages) - set(cfg.tasks)
     if unknown:
         raise UserError(f"sequence.stages names {sorted(unknown)}, which are not tasks of this sequence {cfg.tasks}")
@@ -56,7 +61,7 @@ def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
         stage_config(cfg, task, cfg.sequence.methods[0], cfg.sequence.seeds[0])
     run_dir = Path(output) if output else Path(cfg.output_root) / ("sequence-" + "-".join(cfg.tasks))
     _claim(run_dir, cfg)
-    return SequencePlan(cfg, load_tasks(cfg.tasks, registry), load_tasks(general_suite(cfg), registry), run_dir)
+    return SequencePlan(cfg, load_tasks(cfg.tasks, registry), load_tasks(cfg.eval.general, registry), run_dir)
 
 
 def _claim(run_dir: Path, cfg: Config) -> None:
@@ -84,9 +89,8 @@ def stage_config(cfg: Config, task: str, method: str, seed: int) -> Config:
 
 def run_sequence(plan: SequencePlan) -> dict:
     cfg, started = plan.cfg, time.perf_counter()
-    loaded = load_model(cfg.model)
-    write_run_header(plan.run_dir, cfg, "sequence", str(loaded.device))
-    base = _cached_row(plan.run_dir / "base.json", lambda: score_model(loaded, cfg, plan.tasks, plan.general))
+    write_run_header(plan.run_dir, cfg, "sequence", str(resolve_device(cfg.model.device)))
+    base = _cached_row(plan.run_dir / "base.json", lambda: _score_base(plan))
     chains = {m: {s: run_chain(plan, m, s, base) for s in cfg.sequence.seeds} for m in cfg.sequence.methods}
     results = aggregate(plan, chains, time.perf_counter() - started)
     atomic_write_json(plan.run_dir / "results.json", results)
@@ -94,6 +98,11 @@ def run_sequence(plan: SequencePlan) -> dict:
 
     write_report(results, plan.run_dir)
     return results
+
+
+def _score_base(plan: SequencePlan) -> dict:
+    """Row 0: the base model, loaded only to be evaluated and freed on return (each stage loads its own start)."""
+    return plan.service.score(load_model(plan.cfg.model), plan.tasks)
 
 
 def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[dict]:
@@ -118,7 +127,7 @@ def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, sta
     trainer_for(cfg)(Stage(cfg, loaded, task, stage_dir, resume))
     if cfg.lora.enabled:
         loaded.model = _merge(loaded, _stage_model_dir(cfg, stage_dir))
-    return score_model(loaded, cfg, plan.tasks, plan.general)
+    return plan.service.score(loaded, plan.tasks, seed=seed)  # the chain's seed, as its training
 
 
 def _stage_model_dir(cfg: Config, stage_dir: Path) -> Path:

@@ -13,7 +13,7 @@ from sdft.errors import UserError
 from sdft.methods.harness import StageResult
 from sdft.methods.stage import Stage, add_lora
 from sdft.models import load_model, process_state
-from sdft.run_eval import general_suite, require_judge, score_model, world_of
+from sdft.eval_service import EvalService, require_judge, world_of
 from sdft.runs import atomic_write_json, new_run_dir, read_json, write_lineage, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 
@@ -77,7 +77,7 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     processes = process_state(cfg.model)
     main = processes.is_main_process
     registry = task_registry(cfg.custom_tasks, cfg.task_sources)
-    general_names = general_suite(cfg) if cfg.train.evaluate else []
+    general_names = cfg.eval.general if cfg.train.evaluate else []
     require_known([cfg.train.task, *general_names], registry)
     if output is None and (resume or processes.num_processes > 1):
         raise UserError("--resume and `accelerate launch` need --output: the one run folder every process uses")
@@ -91,11 +91,12 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     if main:
         write_run_header(run_dir, cfg, "train", str(loaded.device))
         write_lineage(run_dir, cfg.model.name_or_path, task.name, cfg.train.method)
-    before = _before(loaded, cfg, task, general, run_dir) if evaluate else None
+    service = EvalService(cfg, general)
+    before = _before(loaded, service, task, run_dir) if evaluate else None
     if cfg.lora.enabled:
         loaded.model = add_lora(loaded.model, cfg.lora)
     result = trainer_for(cfg)(Stage(cfg, loaded, task, run_dir, resume))
-    after = score_model(loaded, cfg, [task], general) if evaluate else None
+    after = service.score(loaded, [task]) if evaluate else None
     results = {
         "task": task.name,
         "task_version": task.version,
@@ -114,11 +115,11 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     return results, run_dir
 
 
-def _before(loaded, cfg: Config, task, general, run_dir: Path) -> dict:
+def _before(loaded, service: EvalService, task, run_dir: Path) -> dict:
     """The base model's scores; kept in the run folder so a resumed run does not re-evaluate it."""
     path = run_dir / BEFORE_FILE
     if path.is_file():
         return read_json(path)
-    scores = score_model(loaded, cfg, [task], general)
+    scores = service.score(loaded, [task])
     atomic_write_json(path, scores)
     return scores

@@ -106,7 +106,8 @@ def test_the_ab_script_times_the_four_variants(tiny_model_dir, capsys):
     assert lines[0].split()[:2] == ["lean", "decoding"] and len(lines) == 5
     assert [line.split()[:2] for line in lines[1:]] == [["True", "True"], ["True", "False"], ["False", "True"], ["False", "False"]]
     assert all(float(line.split()[2]) > 0 for line in lines[1:])
-    from sdft.methods import lean_decode, sampler
+    from sdft.generation import lean_decode
+    from sdft.generation import native as sampler
 
     assert sampler.lean_decoder is lean_decode.lean_decoder  # the switch is put back
 

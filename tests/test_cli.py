@@ -37,7 +37,7 @@ def fixture_config(tmp_path, tiny_model_dir, custom_task_file):
         f"model: {{name_or_path: '{tiny_model_dir}'}}\n"
         f"custom_tasks: ['{custom_task_file}']\n"
         "tasks: [doubling]\n"
-        "eval: {general: [doubling], generation: {max_new_tokens: 8, batch_size: 2}}\n"
+        "eval: {general: [doubling], max_new_tokens: 8, batch_size: 2}\n"
     )
     return path
 

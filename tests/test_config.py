@@ -50,7 +50,7 @@ def test_missing_file():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("eval.generation.samples=4", "needs eval.generation.temperature > 0"),
+        ("eval.samples=4", "needs eval.sampling.temperature > 0"),
         ("train.gradient_accumulation=3", "divisible by train.gradient_accumulation"),
         ("tasks=[]", "at least one task"),
         ("tasks=[a, a]", "lists a task twice"),

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from sdft.config import load_config
-from sdft.run_eval import general_suite
 from sdft.tasks.registry import require_known, task_registry
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -26,7 +25,7 @@ def test_every_config_file_is_found():
 def test_config_loads_validates_and_names_known_tasks(path):
     cfg = load_config(path)
     registry = task_registry(cfg.custom_tasks, cfg.task_sources)  # checks task_sources without reading data
-    require_known([*cfg.tasks, cfg.train.task, *cfg.eval.tasks, *general_suite(cfg)], registry)
+    require_known([*cfg.tasks, cfg.train.task, *cfg.eval.tasks, *cfg.eval.general], registry)
     first = path.read_text().splitlines()[0]
     assert first.startswith("# sdft "), first  # the command that runs it
     if path.parent.name == "paper":
@@ -41,7 +40,7 @@ def test_paper_presets_hold_the_published_recipe():
         assert (t.method, t.teacher, t.ema_rate, t.learning_rate, t.batch_size, t.epochs) == ("sdft", "ema", 0.01, 5e-5, 32, 2)
         assert (t.loss.divergence, t.loss.top_k, t.loss.skip_first_tokens) == ("forward_kl", None, 3)
         assert (t.warmup_steps, t.max_grad_norm, t.weight_decay, t.lr_schedule) == (10, 1.0, 0.0, "cosine")
-        assert (t.max_prompt_tokens, t.max_completion_tokens, t.rollout_temperature) == (1024, 2048, 1.0)
+        assert (t.max_prompt_tokens, t.max_completion_tokens, t.rollout.temperature) == (1024, 2048, 1.0)
     sequence = load_config(CONFIGS / "paper" / "sequence.yaml")
     assert sequence.tasks == ["tools", "science", "medical"]
     assert {k: v["steps"] for k, v in sequence.sequence.stages.items()} == {"tools": 250, "science": 300, "medical": 300}

@@ -24,7 +24,7 @@ def test_sdft_train_under_accelerate_launch_with_two_processes(tmp_path, tiny_mo
     config = tmp_path / "c.yaml"
     config.write_text(
         f"model: {{name_or_path: '{tiny_model_dir}', device: cpu}}\ncustom_tasks: ['{tmp_path / 'task.yaml'}']\n"
-        "tasks: [doubling]\neval: {general: [], generation: {max_new_tokens: 4}}\n"
+        "tasks: [doubling]\neval: {general: [], max_new_tokens: 4}\n"
         "train: {task: doubling, steps: 2, batch_size: 4, max_completion_tokens: 8, checkpoint_every: 2, teacher: ema}\n"
     )
     run_dir = tmp_path / "run"

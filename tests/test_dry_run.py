@@ -67,10 +67,10 @@ def test_memory_estimate_follows_the_shapes_and_the_method(qwen_shapes):
     small = " ".join(memory_lines(lora, shapes))
     assert "teacher copy" not in small and "gradients: 77.0 MiB" in small  # 40.4M r=16 adapters (7 projections x 28 layers), bf16
     ema = lambda mode: " ".join(memory_lines(load_config(PAPER / "science.yaml", [  # noqa: E731
-        f"model.name_or_path={qwen_shapes}", "lora.enabled=true", f"lora.ema={mode}"]), shapes))
+        f"model.name_or_path={qwen_shapes}", "lora.enabled=true", f"train.lora_ema={mode}"]), shapes))
     assert "EMA shadow of the adapters (fp32): 154.0 MiB" in ema("adapter")  # the 40.4M adapter weights x 4 bytes
     # 28 layers x (2 x 3584^2 + 2 x 3584 x 512 + 3 x 3584 x 18944) = 6.525B weights x 4 bytes
-    assert "EMA shadow of the adapted layers' updates (fp32, lora.ema=update): 24.3 GiB" in ema("update")
+    assert "EMA shadow of the adapted layers' updates (fp32, train.lora_ema=update): 24.3 GiB" in ema("update")
 
 
 def test_a_hub_model_not_on_disk_is_reported_not_fetched():

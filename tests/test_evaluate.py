@@ -8,21 +8,25 @@ import dataclasses
 import pytest
 
 from conftest import qa_records
-from sdft import evaluate
+from sdft.generation import batching
 from sdft.config import load_config
 from sdft.models import load_model
-from sdft.run_eval import evaluate_many
+from sdft.eval_service import EvalService
 from sdft.tasks.loading import rows_from_records
 from sdft.tasks.spec import TaskSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def evaluate_many(loaded, cfg, jobs):
+    return EvalService(cfg, []).evaluate(loaded, jobs)
 FIELDS = {"prompt": "question", "demonstration": "response", "answer": "label"}
 
 
 @pytest.fixture
 def setup(tiny_model_dir):
-    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "eval.generation.max_new_tokens=4",
-                             "eval.generation.batch_size=2", "tasks=[doubling]"])
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "eval.max_new_tokens=4",
+                             "eval.batch_size=2", "tasks=[doubling]"])
     rows = rows_from_records(qa_records(5), FIELDS, "fixture")
     task = TaskSpec("doubling", "1", "fixture", "normalized", {"test": rows})
     return cfg, load_model(cfg.model), task
@@ -32,13 +36,13 @@ def setup(tiny_model_dir):
 def generated(monkeypatch):
     """Counts the prompts actually sent to the model."""
     counter = {"prompts": 0}
-    real = evaluate._generate_batch
+    real = batching._generate_batch
 
-    def counting(loaded, prompts, gen):
+    def counting(loaded, prompts, *args):
         counter["prompts"] += len(prompts)
-        return real(loaded, prompts, gen)
+        return real(loaded, prompts, *args)
 
-    monkeypatch.setattr(evaluate, "_generate_batch", counting)
+    monkeypatch.setattr(batching, "_generate_batch", counting)
     return counter
 
 
@@ -50,7 +54,7 @@ def test_the_cache_hits_on_a_repeat_and_misses_on_a_new_version_or_setting(setup
     assert generated["prompts"] == 5 and again.samples == first.samples  # served from the cache
     evaluate_many(loaded, cfg, [(dataclasses.replace(task, version="2"), False)])
     assert generated["prompts"] == 10  # a new task version misses
-    longer = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, generation=dataclasses.replace(cfg.eval.generation, max_new_tokens=5)))
+    longer = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_new_tokens=5))
     evaluate_many(loaded, longer, [(task, False)])
     assert generated["prompts"] == 15  # new generation settings miss
     evaluate_many(loaded, cfg, [(task, True)])
@@ -65,18 +69,18 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(setup, generated,
     cfg, loaded, task = setup
     uncached = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, cache=False))
     expected = evaluate_many(loaded, uncached, [(task, False)])[0]
-    real, batches = evaluate._generate_batch, {"n": 0}
+    real, batches = batching._generate_batch, {"n": 0}
 
-    def dies_on_the_second_batch(loaded_, prompts, gen):
+    def dies_on_the_second_batch(*args):
         batches["n"] += 1
         if batches["n"] == 2:
             raise KeyboardInterrupt
-        return real(loaded_, prompts, gen)
+        return real(*args)
 
-    monkeypatch.setattr(evaluate, "_generate_batch", dies_on_the_second_batch)
+    monkeypatch.setattr(batching, "_generate_batch", dies_on_the_second_batch)
     with pytest.raises(KeyboardInterrupt):
         evaluate_many(loaded, cfg, [(task, False)])
-    monkeypatch.setattr(evaluate, "_generate_batch", real)
+    monkeypatch.setattr(batching, "_generate_batch", real)
     (cache_file,) = (tmp_path / "runs" / ".eval_cache").glob("*.jsonl")
     assert len(cache_file.read_text().splitlines()) == 2  # the first batch of 2 rows was kept
     with cache_file.open("a") as handle:
@@ -88,8 +92,8 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(setup, generated,
 
 def test_sampled_evaluation_reports_pass_at_k(setup):
     cfg, loaded, task = setup
-    sampled = load_config(None, [f"model.name_or_path={cfg.model.name_or_path}", "eval.generation.max_new_tokens=4",
-                                 "eval.generation.temperature=1.0", "eval.generation.samples=4", "eval.cache=false"])
+    sampled = load_config(None, [f"model.name_or_path={cfg.model.name_or_path}", "eval.max_new_tokens=4",
+                                 "eval.sampling.temperature=1.0", "eval.samples=4", "eval.cache=false"])
     result = evaluate_many(loaded, sampled, [(task, False)])[0]
     assert result.n == 5 and len(result.samples) == 20
     assert set(result.pass_at_k) == {"pass@1", "pass@2", "pass@4"}

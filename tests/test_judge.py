@@ -221,7 +221,7 @@ def test_sdft_eval_grades_a_judged_task_through_the_endpoint(endpoint, tmp_path,
     knowledge = Path(__file__).parent / "fixtures" / "paper" / "knowledge"
     args = ["eval", str(tiny_model_dir), "--tasks", "knowledge", "--output", str(tmp_path / "run")]
     for override in (f"task_sources.knowledge={{source: local, path: {knowledge}}}", "eval.general=[]",
-                     "eval.generation={max_new_tokens: 4, batch_size: 4}", "model.device=cpu",
+                     "eval.max_new_tokens=4", "eval.batch_size=4", "model.device=cpu",
                      "eval.judge={backend: openai, url: " + e.url + ", model: judge-model, "
                      "api_key_env: SDFT_TEST_JUDGE_KEY, backoff_s: 0.01}"):
         args += ["--set", override]

@@ -130,15 +130,15 @@ def test_missing_lm_eval_names_the_extra(loaded, monkeypatch):
 
 def test_harness_scores_join_the_general_suite_mean(loaded, tmp_path, tiny_model_dir, custom_task_file):
     from sdft.config import load_config
-    from sdft.run_eval import score_model
+    from sdft.eval_service import EvalService
     from sdft.tasks.registry import load_tasks, task_registry
 
     records = [{"question": q, "choices": c, "label": 0} for q, c in ROWS]
     task_dir = write_task(tmp_path / "tasks", records)
     cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"custom_tasks=[{custom_task_file}]",
-                             "tasks=[doubling]", "eval.generation.max_new_tokens=4", "eval.harness.tasks=[tiny_mc]",
+                             "tasks=[doubling]", "eval.max_new_tokens=4", "eval.harness.tasks=[tiny_mc]",
                              "eval.harness.metrics={tiny_mc: 'acc,none'}", f"eval.harness.include_path={task_dir}"])
     (doubling,) = load_tasks(["doubling"], task_registry(cfg.custom_tasks))
-    general = score_model(loaded, cfg, [doubling], [doubling])["general"]
+    general = EvalService(cfg, [doubling]).score(loaded, [doubling])["general"]
     assert set(general) == {"mean", "doubling", "tiny_mc"}
     assert general["mean"] == pytest.approx((general["doubling"] + general["tiny_mc"]) / 2)

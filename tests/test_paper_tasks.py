@@ -223,7 +223,7 @@ class ScriptedBackend:
 
 
 def test_evaluation_grades_with_the_judge_and_reports_lenient_accuracy(tiny_model_dir):
-    from sdft.config import GenerationConfig, ModelConfig
+    from sdft.config import EvalConfig, ModelConfig
     from sdft.evaluate import evaluate_task
     from sdft.judge import Judge
     from sdft.models import load_model
@@ -231,10 +231,10 @@ def test_evaluation_grades_with_the_judge_and_reports_lenient_accuracy(tiny_mode
     loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"))
     oracle = load_knowledge(local("knowledge"), oracle=True)
     backend = ScriptedBackend("PARTIAL")
-    result = evaluate_task(loaded, oracle, GenerationConfig(max_new_tokens=4), split="test", judge=Judge(backend, None))
+    result = evaluate_task(loaded, oracle, EvalConfig(max_new_tokens=4), judge=Judge(backend, None))
     summary = result.summary()
     assert (summary["accuracy"], summary["lenient_accuracy"], summary["n"]) == (0.0, 1.0, 2)
     assert {s["verdict"] for s in result.samples} == {"PARTIAL"}
     assert "[Question]\nHow deep was the hypocentre" in backend.prompts[0]  # the bare question, not the article
     with pytest.raises(UserError, match="graded by an LLM judge and no judge is configured"):
-        evaluate_task(loaded, oracle, GenerationConfig(max_new_tokens=4), split="test")
+        evaluate_task(loaded, oracle, EvalConfig(max_new_tokens=4))

@@ -9,11 +9,11 @@ import pytest
 
 from typer.testing import CliRunner
 
-from sdft import evaluate
+from sdft.generation import batching
 from sdft.cli import app
 from sdft.config import load_config
 from sdft.models import load_model
-from sdft.run_eval import score_model
+from sdft.eval_service import EvalService
 from sdft.runs import lineage_of
 from sdft.tasks.registry import load_tasks, task_registry
 from sdft.train_run import run_train
@@ -28,7 +28,7 @@ def test_two_stages_make_a_lineage_and_prior_tasks_compares_with_the_base(tmp_pa
     def config(model, task):
         return load_config(None, [
             f"model.name_or_path={model}", f"custom_tasks=[{files[0]}, {files[1]}]", "tasks=[doubling, tripling]",
-            "eval.general=[doubling]", "eval.generation.max_new_tokens=4", f"train.task={task}", "train.steps=1",
+            "eval.general=[doubling]", "eval.max_new_tokens=4", f"train.task={task}", "train.steps=1",
             "train.batch_size=2", "train.max_completion_tokens=6", "train.warmup_steps=0", "train.evaluate=false",
         ])
 
@@ -49,14 +49,14 @@ def test_two_stages_make_a_lineage_and_prior_tasks_compares_with_the_base(tmp_pa
     # the numbers match a direct evaluation of the same models
     cfg = config(tmp_path / "stage2", "tripling")
     tasks = load_tasks(["doubling", "tripling"], task_registry(cfg.custom_tasks))
-    direct = score_model(load_model(cfg.model), cfg, tasks, tasks[:1])
+    direct = EvalService(cfg, tasks[:1]).score(load_model(cfg.model), tasks)
     assert results["scores"] == direct["scores"]
-    base = score_model(load_model(config(tiny_model_dir, "x").model), cfg, tasks, tasks[:1])
+    base = EvalService(cfg, tasks[:1]).score(load_model(config(tiny_model_dir, "x").model), tasks)
     assert results["base"]["scores"] == base["scores"]
 
     # a second call is served from the evaluation cache: nothing is generated
     calls = {"n": 0}
-    monkeypatch.setattr(evaluate, "_generate_batch", lambda *a: calls.update(n=calls["n"] + 1))
+    monkeypatch.setattr(batching, "_generate_batch", lambda *a: calls.update(n=calls["n"] + 1))
     again = CliRunner().invoke(app, ["eval", str(tmp_path / "stage2"), "--prior-tasks", "--config", str(tmp_path / "stage2" / "config.yaml"),
                                      "--output", str(tmp_path / "prior2")], prog_name="sdft")
     assert again.exit_code == 0 and calls["n"] == 0
@@ -73,7 +73,7 @@ def test_a_lora_run_evaluates_without_merging_into_the_base_files(tmp_path, tiny
     files = [arithmetic_task(tmp_path, "doubling", 2)]
     cfg = load_config(None, [
         f"model.name_or_path={tiny_model_dir}", f"custom_tasks=[{files[0]}]", "tasks=[doubling]",
-        "eval.general=[]", "eval.generation.max_new_tokens=4", "train.task=doubling", "train.steps=2",
+        "eval.general=[]", "eval.max_new_tokens=4", "train.task=doubling", "train.steps=2",
         "train.batch_size=2", "train.max_completion_tokens=6", "train.warmup_steps=0", "train.learning_rate=0.05",
         "train.evaluate=false", "lora.enabled=true", "lora.r=4", "lora.target_modules=[q_proj, v_proj]",
     ])

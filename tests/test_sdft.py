@@ -12,15 +12,9 @@ from conftest import qa_records
 from sdft.config import ModelConfig, load_config
 from sdft.errors import UserError
 from sdft.methods import sdft as sdft_method
-from sdft.methods.sampler import sample_completions, sample_token
-from sdft.methods.rollout import (
-    completion_from_tokens,
-    completion_logits,
-    left_pad,
-    prepare_rows,
-    prompt_pass,
-    student_completion_logits,
-)
+from sdft.generation.base import completion_from_tokens, left_pad, prompt_pass
+from sdft.generation.native import NativeBackend, sample_token
+from sdft.methods.rollout import completion_logits, prepare_rows, student_completion_logits
 from sdft.methods.stage import Stage, add_lora
 from sdft.methods.teacher import EmaAdapterTeacher, EmaCopyTeacher, EmaUpdateTeacher, FrozenAdapterTeacher, FrozenCopyTeacher
 from sdft.models import load_model
@@ -132,7 +126,7 @@ def test_ema_teacher_equals_closed_form_history(tiny_model_dir, task, tmp_path, 
 def test_ema_adapter_teacher_is_the_ema_of_the_adapter_weights_and_leaves_the_student_alone(tiny_model_dir, task, tmp_path):
     stage = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.ema_rate=0.4", lora=True)
     trainer = sdft_method.build_trainer(stage)
-    assert isinstance(trainer.teacher, EmaAdapterTeacher)  # lora.ema=adapter is the default
+    assert isinstance(trainer.teacher, EmaAdapterTeacher)  # train.lora_ema=adapter is the default
     adapter = lambda: {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}  # noqa: E731
     history = [adapter()]
     assert history[0] and all(".lora_" in name for name in history[0])
@@ -166,7 +160,7 @@ def test_ema_adapter_teacher_is_the_ema_of_the_adapter_weights_and_leaves_the_st
 
 @pytest.mark.parametrize("teacher, lora_ema", [("ema", "adapter"), ("ema", "update"), ("frozen", "adapter")])
 def test_the_teacher_runs_without_dropout(tiny_model_dir, task, tmp_path, teacher, lora_ema):
-    stage = make_stage(tiny_model_dir, task, tmp_path, f"train.teacher={teacher}", f"lora.ema={lora_ema}",
+    stage = make_stage(tiny_model_dir, task, tmp_path, f"train.teacher={teacher}", f"train.lora_ema={lora_ema}",
                        "lora.dropout=0.5", lora=True)
     with torch.no_grad():
         for name, p in stage.loaded.model.named_parameters():
@@ -183,7 +177,7 @@ def test_the_teacher_runs_without_dropout(tiny_model_dir, task, tmp_path, teache
 
 
 def test_ema_update_teacher_is_the_ema_of_the_effective_update(tiny_model_dir, task, tmp_path):
-    stage = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.ema_rate=0.4", "lora.ema=update",
+    stage = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.ema_rate=0.4", "train.lora_ema=update",
                        lora=True)
     trainer = sdft_method.build_trainer(stage)
     assert isinstance(trainer.teacher, EmaUpdateTeacher)
@@ -230,7 +224,7 @@ def test_frozen_teacher_is_the_in_memory_stage_start_not_the_disk(tiny_model_dir
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir, task, tmp_path, monkeypatch, teacher, lora,
                                                                   lora_ema):
     def final_state(run_dir, stop_after=None, resume=False):
-        stage = make_stage(tiny_model_dir, task, run_dir, f"train.teacher={teacher}", f"lora.ema={lora_ema}", lora=lora,
+        stage = make_stage(tiny_model_dir, task, run_dir, f"train.teacher={teacher}", f"train.lora_ema={lora_ema}", lora=lora,
                            resume=resume)
         if stop_after is not None:
             monkeypatch.setattr(sdft_method, "graceful_interrupt", _stop_after(stop_after))
@@ -255,20 +249,20 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir
 
 
 def test_resuming_with_another_lora_ema_setting_says_so(tiny_model_dir, task, tmp_path):
-    saved = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "lora.ema=update", "train.steps=2", lora=True)
+    saved = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.lora_ema=update", "train.steps=2", lora=True)
     sdft_method.train_sdft(saved)
-    resumed = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "lora.ema=adapter", "train.steps=4",
+    resumed = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.lora_ema=adapter", "train.steps=4",
                          lora=True, resume=True)
-    with pytest.raises(UserError, match="saved with train.teacher=ema with lora.ema=update, this run has "
-                                        "train.teacher=ema with lora.ema=adapter"):
+    with pytest.raises(UserError, match="saved with train.teacher=ema with train.lora_ema=update, this run has "
+                                        "train.teacher=ema with train.lora_ema=adapter"):
         sdft_method.build_trainer(resumed)
     saved = tmp_path / "checkpoints" / "step-000002" / "trainer.pt"  # as written before checkpoints named the teacher
     state = torch.load(saved, weights_only=False)
     del state["teacher"]
     torch.save(state, saved)
-    with pytest.raises(UserError, match="other lora or lora.ema settings.*--set lora.ema=update"):
+    with pytest.raises(UserError, match="other lora or train.lora_ema settings.*--set train.lora_ema=update"):
         sdft_method.build_trainer(resumed)
-    other_rank = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "lora.ema=update", "lora.r=2",
+    other_rank = make_stage(tiny_model_dir, task, tmp_path, "train.teacher=ema", "train.lora_ema=update", "lora.r=2",
                             "train.steps=4", lora=True, resume=True)
     with pytest.raises(UserError, match="student weights do not fit this model"):  # same names, other shapes
         sdft_method.build_trainer(other_rank)
@@ -345,8 +339,8 @@ def test_nan_loss_stops_with_a_clear_message(tiny_model_dir, task, tmp_path, mon
 def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, monkeypatch, temperature, top_p, lean):
     """Same seed, same tokens as transformers' generate: temperature, top-p, eos, the length cap and left padding;
     rows finish at different steps, so compaction reorders the batch (with the lean step, and with the generic one)."""
-    from sdft.methods import sampler
-    from sdft.models import NEUTRAL_DECODING
+    from sdft.generation import native as sampler
+    from sdft.generation.hf import NEUTRAL_DECODING
 
     if not lean:
         monkeypatch.setattr(sampler, "lean_decoder", lambda model: None)
@@ -355,13 +349,13 @@ def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, monkeypatc
     model, tokenizer = loaded.model, loaded.tokenizer
     eos = tokenizer.eos_token_id
     model.lm_head.register_forward_hook(lambda m, i, out: out + 2.0 * (torch.arange(out.shape[-1]) == eos))  # eos ~8%
-    cfg = load_config(None, [f"train.rollout_temperature={temperature}", f"train.rollout_top_p={top_p}",
+    cfg = load_config(None, [f"train.rollout.temperature={temperature}", f"train.rollout.top_p={top_p}",
                              "train.max_completion_tokens=9"]).train
     ids, mask = left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]] * 4, tokenizer.pad_token_id, torch.device("cpu"))
     capped = []
     for seed in range(3):
         torch.manual_seed(seed)
-        ours = sample_completions(model, tokenizer, ids, mask, cfg)
+        ours = NativeBackend().sample(model, tokenizer, ids, mask, cfg.rollout, cfg.max_completion_tokens)
         torch.manual_seed(seed)
         output = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, **NEUTRAL_DECODING,
                                 temperature=temperature, top_p=top_p, max_new_tokens=9, pad_token_id=tokenizer.pad_token_id,
@@ -374,7 +368,7 @@ def test_lean_sampler_draws_the_tokens_generate_draws(tiny_model_dir, monkeypatc
 
 
 def test_compaction_moves_only_the_rows_that_change_place_and_keeps_the_buffers():
-    from sdft.methods.sampler import PreallocatedLayer, _filled_holes_order
+    from sdft.generation.native import PreallocatedLayer, _filled_holes_order
 
     going = torch.tensor([True, False, True, False, True, True])
     assert _filled_holes_order(going).tolist() == [0, 4, 2, 5]  # rows 1 and 3 finished: 4 and 5 take their places
@@ -403,9 +397,9 @@ def _qwen2_model():
 def test_lean_decoding_step_gives_the_generic_forwards_logits_bit_for_bit(tiny_model_dir, kind, padded):
     """Prefill a left-padded batch, then decode 5 tokens twice: model(...) and the lean step, on equal caches."""
     from sdft.config import LoraConfig
-    from sdft.methods.lean_decode import lean_decoder
-    from sdft.methods.rollout import CACHE_KWARG
-    from sdft.methods.sampler import _decoding_cache
+    from sdft.generation.base import CACHE_KWARG
+    from sdft.generation.lean_decode import lean_decoder
+    from sdft.generation.native import _decoding_cache
 
     if kind == "qwen2":
         model = _qwen2_model()
@@ -436,7 +430,7 @@ def test_lean_decoding_step_gives_the_generic_forwards_logits_bit_for_bit(tiny_m
 def test_lean_decoding_is_not_used_where_it_would_not_be_exact(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from sdft.methods.lean_decode import lean_decoder
+    from sdft.generation.lean_decode import lean_decoder
 
     eager = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="eager")
     assert lean_decoder(eager) is None  # eager attention takes an additive float mask, not the boolean one
@@ -513,7 +507,7 @@ def test_every_process_makes_the_same_prompt_pass_decision(tiny_model_dir, task,
 @pytest.mark.parametrize("preallocated", [True, False])
 def test_sampling_from_a_prompt_pass_leaves_its_cache_as_it_was(tiny_model_dir, monkeypatch, preallocated):
     """The prompt pass's cache is the student's training forward: the sampler copies it (or prefills its own)."""
-    from sdft.methods import sampler
+    from sdft.generation import native as sampler
 
     if not preallocated:  # a cache of another kind (sliding windows, ...): the sampler cannot copy it
         monkeypatch.setattr(sampler, "_decoding_cache", lambda cache, capacity: None)
@@ -522,7 +516,7 @@ def test_sampling_from_a_prompt_pass_leaves_its_cache_as_it_was(tiny_model_dir, 
     ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], loaded.tokenizer.pad_token_id, torch.device("cpu"))
     prompt = prompt_pass(loaded.model, ids, mask)
     torch.manual_seed(0)
-    shared = sample_completions(loaded.model, loaded.tokenizer, ids, mask, cfg, prompt)
+    shared = NativeBackend().sample(loaded.model, loaded.tokenizer, ids, mask, cfg.rollout, cfg.max_completion_tokens, prompt)
     assert prompt.cache.get_seq_length() == ids.shape[1]
     torch.manual_seed(0)
-    assert torch.equal(sample_completions(loaded.model, loaded.tokenizer, ids, mask, cfg).ids, shared.ids)
+    assert torch.equal(NativeBackend().sample(loaded.model, loaded.tokenizer, ids, mask, cfg.rollout, cfg.max_completion_tokens).ids, shared.ids)

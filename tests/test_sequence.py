@@ -35,7 +35,7 @@ def sequence_config(tmp_path, tiny_model_dir):
         files = [arithmetic_task(tmp_path, "doubling", 2), arithmetic_task(tmp_path, "tripling", 3)]
         return load_config(None, [
             f"model.name_or_path={tiny_model_dir}", f"custom_tasks=[{files[0]}, {files[1]}]",
-            "tasks=[doubling, tripling]", "eval.general=[doubling]", "eval.generation.max_new_tokens=4",
+            "tasks=[doubling, tripling]", "eval.general=[doubling]", "eval.max_new_tokens=4",
             "train.steps=3", "train.batch_size=2", "train.max_completion_tokens=6", "train.learning_rate=1e-2",
             "train.checkpoint_every=1", "train.warmup_steps=0", "sequence.methods=[sdft]", *overrides,
         ])

@@ -54,7 +54,7 @@ def make_stage(tiny_model_dir, task, run_dir, *overrides, resume=False) -> Stage
 
 def test_config_mapping(tmp_path):
     cfg = config("train.loss.divergence=jsd", "train.loss.alpha=0.3", "train.loss.skip_first_tokens=3",
-                 "train.rollout_temperature=0.9", "train.rollout_top_p=0.95", "train.teacher=ema", "train.ema_rate=0.02",
+                 "train.rollout.temperature=0.9", "train.rollout.top_p=0.95", "train.teacher=ema", "train.ema_rate=0.02",
                  "train.batch_size=8", "train.max_completion_tokens=77", "seed=7", "train.warmup_steps=5")
     args = trl_engine.trl_config(cfg, tmp_path, use_cpu=True)
     assert (args.distillation_mode, args.distillation_alpha, args.num_loss_tokens_to_skip) == ("full_logits", 0.3, 3)

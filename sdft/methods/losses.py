@@ -20,58 +20,12 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from sdft.config import LossConfig
 from sdft.errors import UserError
-from sdft.suggest import did_you_mean
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "sampled_token")
 CHUNK_ELEMENTS = 1 << 21
 """Most logits in one chunk: with a 152k vocabulary 256 rows would make each of a chunk's ~10 fp32 temporaries
 155 MB; capped, 13 rows and 8 MB each (2M-element operations stay efficient). Chunking changes no value."""
-TOPK_SOURCES = ("teacher", "student")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """How the per-token divergence is computed.
-
-    divergence: "forward_kl" = KL(teacher || student), what every published SDFT result used; "reverse_kl" =
-        KL(student || teacher); "jsd" = generalised Jensen-Shannon with weight `alpha` (TRL's convention, see
-        `_jsd`); "sampled_token" = the single-sample reverse-KL estimator on the sampled token (needs the ids).
-    alpha: the JSD weight, in (0, 1); alpha -> 0 tends to alpha * forward KL, alpha -> 1 to (1 - alpha) * reverse KL.
-    top_k: None = the full vocabulary; k = the k most probable tokens (of `topk_source`) plus one tail bucket.
-    topk_source: whose distribution picks the top-k tokens: "teacher" or "student".
-    skip_first_tokens: the first N real completion tokens of every sequence carry no loss (METHOD.md: 3).
-    chunk_size: loss positions processed at once (at most CHUNK_ELEMENTS // V); trades speed for peak memory
-        (chunk_size x V floats, a few times).
-    """
-
-    divergence: str = "forward_kl"
-    alpha: float = 0.5
-    top_k: int | None = None
-    topk_source: str = "teacher"
-    skip_first_tokens: int = 3
-    chunk_size: int = 256
-
-    def __post_init__(self) -> None:
-        if self.divergence not in DIVERGENCES:
-            hint = did_you_mean(self.divergence, DIVERGENCES)
-            raise UserError(f"LossConfig.divergence: unknown '{self.divergence}'{hint}; choose from {DIVERGENCES}")
-        if self.divergence == "jsd" and not 0.0 < self.alpha < 1.0:
-            raise UserError(f"LossConfig.alpha must be in (0, 1) for divergence 'jsd', got {self.alpha}")
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
-            raise UserError(f"LossConfig.top_k must be None or an integer >= 1, got {self.top_k!r}")
-        if self.top_k is not None and self.divergence == "sampled_token":
-            raise UserError("LossConfig.top_k applies to full-distribution divergences, not 'sampled_token'")
-        if self.topk_source not in TOPK_SOURCES:
-            raise UserError(f"LossConfig.topk_source must be one of {TOPK_SOURCES}, got '{self.topk_source}'")
-        if not _is_int(self.skip_first_tokens) or self.skip_first_tokens < 0:
-            raise UserError(f"LossConfig.skip_first_tokens must be an integer >= 0, got {self.skip_first_tokens!r}")
-        if not _is_int(self.chunk_size) or self.chunk_size < 1:
-            raise UserError(f"LossConfig.chunk_size must be an integer >= 1, got {self.chunk_size!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,26 @@
 """Token-level plumbing of on-policy training: tokenised prompts (checked against their caps once, at
-stage start), completions as tensors, and logits on completion positions (the sampler is sampler.py).
+stage start) and logits on completion positions. Sampling is the generation interface's (sdft/generation/).
 
 The hot path of an SDFT step, and why it is shaped this way (scripts/bench.py measures it):
 - the student's prompt pass can be computed once, with grad: its KV cache is then the sampler's prefill and the
   first half of the student's training forward (`prompt_pass`, `student_completion_logits`; sdft.py decides when
   that pays);
-- the sampler (sampler.py) is a plain loop over a preallocated KV cache that draws exactly `generate`'s tokens;
+- the native sampler (sdft/generation/native.py) is a plain loop over a preallocated KV cache that draws exactly `generate`'s tokens;
 - the teacher's (and a plain student's) forward runs on each row's real tokens packed to the left: the width is the
   longest row, not the longest prompt plus the longest completion, and attention needs no mask.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sdft.config import TrainConfig
 from sdft.console import err_console
 from sdft.errors import UserError
+from sdft.generation.base import CACHE_KWARG, PromptPass, Rollout
 from sdft.prompts import render_prompt, teacher_prompt
 from sdft.tasks.spec import Row, TaskSpec
 
@@ -66,64 +65,6 @@ def _overlong(student: list[int], teacher: list[int], cfg: TrainConfig) -> str |
     if len(teacher) > cfg.max_teacher_prompt_tokens:
         return f"the teacher prompt has {len(teacher)} tokens, over train.max_teacher_prompt_tokens={cfg.max_teacher_prompt_tokens}"
     return None
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """[B, L] ids and attention mask, padded on the left so every prompt ends at the same column."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, sequence in enumerate(sequences):
-        ids[i, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
-        mask[i, width - len(sequence) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-@dataclass
-class Rollout:
-    """Sampled completions, right-padded: mask is 1 on real tokens (up to and including the eos token)."""
-
-    ids: Tensor
-    mask: Tensor
-    hit_cap: Tensor
-    """[B] bool: generation stopped at the length cap, with no eos token."""
-
-
-def completion_from_tokens(tokens: Tensor, eos_id: int, pad_id: int) -> Rollout:
-    """Mask everything after the first eos token (the sampler pads finished rows)."""
-    is_eos = tokens == eos_id
-    ended = is_eos.any(dim=1)
-    after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first eos
-    mask = (~after_eos).long()
-    return Rollout(ids=tokens.masked_fill(after_eos, pad_id), mask=mask, hit_cap=~ended)
-
-
-# The forward keyword of a KV cache: transformers renamed `past_key_values` to `cache` within 5.x.
-CACHE_KWARG = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
-
-
-def _new_cache(model) -> DynamicCache:
-    config = getattr(getattr(model, "module", model), "config", None)  # through a DDP wrapper
-    return DynamicCache(config=config) if config is not None else DynamicCache()
-
-
-@dataclass
-class PromptPass:
-    """The student's forward pass over its left-padded prompts: the KV cache and the logits predicting the first
-    completion token. Computed with grad, it is both the sampler's prefill and the first half of the student's
-    training forward, so the prompt is run once per step instead of twice."""
-
-    cache: object
-    last_logits: Tensor
-    mask: Tensor
-
-
-def prompt_pass(model, prompt_ids: Tensor, prompt_mask: Tensor) -> PromptPass:
-    cache = _new_cache(model)
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding: the first real token is position 0
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1, **{CACHE_KWARG: cache})
-    return PromptPass(cache, out.logits[:, -1], prompt_mask)
 
 
 def has_active_dropout(model) -> bool:

@@ -30,16 +30,14 @@ from sdft.methods.harness import (
     save_model,
 )
 from sdft.methods.losses import distillation_loss
+from sdft.generation import backend, left_pad, prompt_pass
 from sdft.methods.rollout import (
     PreparedRow,
     completion_logits,
     has_active_dropout,
-    left_pad,
     prepare_rows,
-    prompt_pass,
     student_completion_logits,
 )
-from sdft.methods.sampler import sample_completions
 from sdft.methods.stage import Stage
 from sdft.methods.teacher import Teacher, build_teacher
 
@@ -107,7 +105,7 @@ def build_trainer(stage: Stage) -> Trainer:
     loaded.device = accelerator.device
     model = loaded.model.to(accelerator.device).train()
     teacher = build_teacher(model, cfg.train.teacher, cfg.train.ema_rate, lora=cfg.lora.enabled,
-                            lora_ema=cfg.lora.ema)
+                            lora_ema=cfg.train.lora_ema)
     optimizer = build_optimizer(model, cfg.train)
     wrapped = accelerator.prepare_model(model)
     trainer = Trainer(stage, accelerator, model, wrapped, loaded.tokenizer, teacher, optimizer,
@@ -224,7 +222,8 @@ def _micro_step(trainer: Trainer, batch: list[PreparedRow], timings: dict,
         with _timed(timings, "student_forward_backward"):
             prompt = prompt_pass(trainer.wrapped, prompt_ids, prompt_mask)
     with _timed(timings, "generation"):
-        rollout = sample_completions(trainer.model, trainer.tokenizer, prompt_ids, prompt_mask, cfg, prompt)
+        rollout = backend(cfg.rollout.backend).sample(trainer.model, trainer.tokenizer, prompt_ids, prompt_mask,
+                                                      cfg.rollout, cfg.max_completion_tokens, prefill=prompt)
     with _timed(timings, "teacher_forward"):
         teacher_ids, teacher_mask = left_pad([r.teacher_ids for r in batch], pad, device)
         teacher_logits = trainer.teacher.logits(teacher_ids, teacher_mask, rollout)

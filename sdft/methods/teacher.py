@@ -3,9 +3,9 @@
 | kind   | full fine-tuning                                   | LoRA                                              |
 |--------|----------------------------------------------------|---------------------------------------------------|
 | frozen | a second copy of the stage-start weights (memory)  | the adapter disabled: no second copy              |
-| ema    | fp32 shadow weights + a copy of the model to run   | lora.ema=adapter: an fp32 shadow of the adapter's |
+| ema    | fp32 shadow weights + a copy of the model to run   | train.lora_ema=adapter: an fp32 shadow of the adapter's |
 |        | them (phi <- a*theta + (1-a)*phi every step); for  | weights, swapped in while the teacher runs;       |
-|        | an fp32 model the copy's weights are the shadow    | lora.ema=update: an fp32 shadow of each layer's   |
+|        | an fp32 model the copy's weights are the shadow    | train.lora_ema=update: an fp32 shadow of each layer's   |
 |        |                                                    | update scale * B @ A, added to the base weights   |
 | live   | the student itself, no gradient (the paper saw it diverge)                                             |
 
@@ -124,12 +124,12 @@ class EmaCopyTeacher(FrozenCopyTeacher):
 
 
 class EmaAdapterTeacher(Teacher):
-    """LoRA, EMA of the adapter's weights (lora.ema=adapter): an fp32 shadow of every trainable tensor (A and B),
+    """LoRA, EMA of the adapter's weights (train.lora_ema=adapter): an fp32 shadow of every trainable tensor (A and B),
     started from their stage-start values, as EmaCopyTeacher does for full fine-tuning. The teacher runs the
     student's own modules with the shadow swapped in as the adapter's data (no copy for an fp32 adapter) and the
     student's tensors swapped back after. Memory: one adapter."""
 
-    SETTING = "train.teacher=ema with lora.ema=adapter"
+    SETTING = "train.teacher=ema with train.lora_ema=adapter"
 
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
@@ -162,12 +162,12 @@ class EmaAdapterTeacher(Teacher):
 
 
 class EmaUpdateTeacher(Teacher):
-    """LoRA, EMA of the effective update (lora.ema=update): an fp32 shadow of each adapted layer's scale * B @ A
+    """LoRA, EMA of the effective update (train.lora_ema=update): an fp32 shadow of each adapted layer's scale * B @ A
     (an EMA of the product, which no fixed-rank adapter can hold). The teacher runs the base weights with the
     adapter disabled, each adapted base layer computing with its weight plus the shadow (_run_with_update).
     Memory: one fp32 matrix per adapted layer."""
 
-    SETTING = "train.teacher=ema with lora.ema=update"
+    SETTING = "train.teacher=ema with train.lora_ema=update"
 
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
@@ -202,8 +202,8 @@ def _load_shadow(shadow: dict[str, Tensor], state: dict[str, Tensor]) -> None:
     misfits = state.keys() ^ shadow.keys() or {n for n in shadow if state[n].shape != shadow[n].shape}
     if misfits:
         raise UserError(f"the checkpoint's EMA teacher does not fit this run's (e.g. '{sorted(misfits)[0]}'): it was "
-                        "saved with other lora or lora.ema settings; resume with the run's own settings (LoRA runs "
-                        "from before lora.ema existed averaged the update: --set lora.ema=update)")
+                        "saved with other lora or train.lora_ema settings; resume with the run's own settings (LoRA runs "
+                        "from before lora.ema existed averaged the update: --set train.lora_ema=update)")
     for name, tensor in shadow.items():
         tensor.copy_(state[name])
 
@@ -252,7 +252,7 @@ def _copy_into(model: torch.nn.Module, weights: dict[str, Tensor]) -> None:
 
 def build_teacher(model: torch.nn.Module, kind: str, ema_rate: float, lora: bool, lora_ema: str) -> Teacher:
     """The teacher for this stage, taken from the in-memory model as it is now (the stage start). `lora_ema`
-    (lora.ema) says what an EMA teacher averages when `lora` is on: the adapter's weights, or its update."""
+    (train.lora_ema) says what an EMA teacher averages when `lora` is on: the adapter's weights, or its update."""
     if kind == "live":
         err_console.print("[yellow]warning: train.teacher=live distils the student into itself; the SDFT paper saw this diverge[/]")
         return Teacher(model)

@@ -20,8 +20,8 @@ TRL's teacher handling has the bugs listed below.
 | (reduction)                           | mean over a sequence's loss tokens, then sequences    | approx: TRL counts a sequence with no loss token as 0 in the mean |
 | (importance weights)                  | distillation_is_clip None                             | exact: the sampler is the trained weights in both engines |
 | teacher frozen / ema / live, ema_rate | teacher_model_kind base / ema / live, update_rate     | exact: realised by methods/teacher.py (see traps) |
-| rollout_temperature                   | temperature                                           | sampling exact; TRL also divides both logits by it before the loss (a warning when != 1) |
-| rollout_top_p                         | top_p; top_k 0, min_p None, repetition_penalty 1      | exact |
+| rollout.temperature                   | temperature                                           | sampling exact; TRL also divides both logits by it before the loss (a warning when != 1) |
+| rollout.top_p                         | top_p; top_k 0, min_p None, repetition_penalty 1      | exact |
 | (1 rollout per prompt)                | num_generations 1, steps_per_generation = GA, num_iterations 1 | exact: a step's batch is sampled from the same weights |
 | max_completion_tokens                 | max_completion_length                                 | exact; TRL also stops at every eos id in the model's generation_config |
 | max_prompt_tokens, max_teacher_prompt_tokens, overlong_prompts | checked here; max_prompt_length None | exact: TRL would left-truncate; it never sees an overlong prompt |
@@ -55,7 +55,7 @@ Known traps of TRL 1.16's SDFT (METHOD.md) and what this adapter does about them
   neutralised, its state is saved in every checkpoint and restored on resume.
 - the EMA runs in the student's dtype (SyncRefModelCallback mul_/add_ on the teacher's parameters: in bf16 a rate-0.01
   update rounds away), and with LoRA TRL averages A and B separately starting from zero: neutralised, our fp32 EMA
-  (of the weights; with LoRA of A and B from their stage-start values, or of the update scale * B @ A: lora.ema).
+  (of the weights; with LoRA of A and B from their stage-start values, or of the update scale * B @ A: train.lora_ema).
 - prompts left-truncated to 512 tokens: neutralised (max_prompt_length None, our caps checked first).
 - max_completion_length None means 20 tokens: neutralised, always an int.
 - it logs little: partly; we add completion_tokens, capped_share, step_seconds, tokens_per_second and samples, but not
@@ -100,9 +100,9 @@ def train_trl_sdft(stage: Stage, callbacks: Sequence[TrainerCallback] = ()) -> S
     resume_from = latest_checkpoint(stage.checkpoint_dir) if stage.resume else None
     if stage.resume and resume_from is None:
         raise UserError(f"nothing to resume in {stage.checkpoint_dir}: it holds no {CHECKPOINT_PREFIX}<step> folder")
-    if cfg.rollout_temperature != 1.0:
+    if cfg.rollout.temperature != 1.0:
         err_console.print(f"[yellow]engine trl: TRL divides the student's and teacher's logits by "
-                          f"train.rollout_temperature={cfg.rollout_temperature} before the loss; the native engine does not[/]")
+                          f"train.rollout.temperature={cfg.rollout.temperature} before the loss; the native engine does not[/]")
     trainer = build_trainer(stage, callbacks)
     run = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RunLog))
     main = trainer.accelerator.is_main_process
@@ -137,7 +137,7 @@ def build_trainer(stage: Stage, callbacks: Sequence[TrainerCallback] = ()):
     _require_same_device(loaded.device, args.device)
     model = loaded.model.train()
     teacher = build_teacher(model, cfg.train.teacher, cfg.train.ema_rate, lora=cfg.lora.enabled,
-                            lora_ema=cfg.lora.ema)  # stage start, in memory
+                            lora_ema=cfg.train.lora_ema)  # stage start, in memory
     optimizer = build_optimizer(model, cfg.train)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=Dataset.from_list(trl_dataset(rows, stage.task.system_prompt)),
@@ -186,7 +186,7 @@ def trl_config_kwargs(cfg: Config, output_dir: str | Path, *, use_cpu: bool, pro
         generate_from_teacher=False, teacher_prompt_template=TEACHER_PROMPT_TEMPLATE,
         # rollouts: one per prompt, a step's whole batch sampled at its start (steps_per_generation = GA)
         num_generations=1, steps_per_generation=train.gradient_accumulation, num_iterations=1,
-        temperature=train.rollout_temperature, top_p=train.rollout_top_p, top_k=0, min_p=None, repetition_penalty=1.0,
+        temperature=train.rollout.temperature, top_p=train.rollout.top_p, top_k=0, min_p=None, repetition_penalty=1.0,
         max_completion_length=train.max_completion_tokens,  # TRL's None would mean 20 tokens
         max_prompt_length=None,  # no truncation: prepare_rows checked every prompt against our caps
         use_vllm=False, shuffle_dataset=True, disable_dropout=False, remove_unused_columns=False,

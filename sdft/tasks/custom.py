@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from sdft.config_loading import from_mapping
+from sdft.config.mapping import from_mapping
 from sdft.errors import UserError
 from sdft.scoring import get_scorer
 from sdft.tasks.loading import DataSource, load_records, rows_from_records

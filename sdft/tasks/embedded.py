@@ -23,12 +23,13 @@ import json
 import random
 from typing import Callable
 
+from sdft.config import EMBEDDED_PRIOR_SKILLS
 from sdft.tasks.spec import Row, TaskSpec
 
 VERSION = "5"
 LEAD = "Ok."  # the model's own lead-in: SDFT skips the first 3 completion tokens, one per character here
 TASKS: tuple[str, ...] = ("science", "tools", "medical")
-PRIOR_SKILLS: tuple[str, ...] = ("repeat", "first_letter", "last_word", "join")
+PRIOR_SKILLS: tuple[str, ...] = tuple(EMBEDDED_PRIOR_SKILLS)  # named in the config: the default general suite
 SIZES = {"task": {"train": 1600, "test": 120}, "prior": {"train": 2000, "test": 100}}
 
 Item = tuple[str, str, str, str]  # (prompt, demonstration, own-style answer, reference answer)

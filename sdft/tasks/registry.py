@@ -22,12 +22,6 @@ def builtin_tasks() -> dict[str, TaskLoader]:
     return {name: partial(embedded.load_embedded_task, name) for name in names}
 
 
-def embedded_prior_skills() -> list[str]:
-    from sdft.tasks import embedded
-
-    return list(embedded.PRIOR_SKILLS)
-
-
 def task_registry(custom_files: Iterable[str] = (), sources: dict | None = None) -> dict[str, TaskLoader]:
     """Every task name this config can use: `sources` (the config's task_sources) replaces embedded tasks
     by the paper's data. A custom task may not shadow a built-in one."""

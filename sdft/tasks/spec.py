@@ -55,5 +55,10 @@ class TaskSpec:
             )
         return self.splits[name]
 
+    def rows(self, split: str, limit: int | None = None) -> list[Row]:
+        """The split's first `limit` rows (all when limit is None): the one place a row limit is applied."""
+        rows = self.split(split)
+        return rows[:limit] if limit is not None else rows
+
     def split_sizes(self) -> dict[str, int]:
         return {name: len(rows) for name, rows in self.splits.items()}

@@ -1,6 +1,6 @@
 """Strict conversion of plain mappings (parsed YAML, `a.b=value` overrides) into config dataclasses.
 
-Kept apart from sdft/config.py so that the knobs read as a list there, and the machinery lives here.
+Kept apart from the sections so that the knobs read as a list there, and the machinery lives here.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from sdft.config.renamed import renamed_hint
 from sdft.errors import UserError
 from sdft.suggest import did_you_mean
 
@@ -20,11 +21,12 @@ def from_mapping(cls: type, data: dict[str, Any], source: str, prefix: str = "")
     """Build dataclass `cls` from `data`; unknown keys and wrong types raise UserError naming `source`."""
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
+    for key, value in data.items():
         if key not in names:
-            dotted = prefix + str(key)
-            hint = did_you_mean(dotted, [prefix + name for name in names])
-            raise UserError(f"{source}: unknown key '{dotted}'{hint}")
+            # an old section's first key names the most precise new home (eval.generation.top_p -> eval.sampling.top_p)
+            inner = next(iter(value), None) if isinstance(value, dict) else None
+            dotted = prefix + str(key) + (f".{inner}" if inner is not None and renamed_hint(f"{prefix}{key}.{inner}") else "")
+            raise _unknown_key(source, dotted, [prefix + name for name in names])
     values = {key: _convert(hints[key], value, source, prefix + key) for key, value in data.items()}
     return _build(cls, source, prefix, **values)
 
@@ -102,6 +104,9 @@ def apply_override(cfg: Any, override: str) -> Any:
     if "=" not in override:
         raise UserError(f"{source}: expected KEY=VALUE, e.g. train.learning_rate=1e-5")
     dotted, raw = override.split("=", 1)
+    renamed = renamed_hint(dotted.strip())
+    if renamed:
+        raise UserError(f"{source}: {renamed}")
     return _with_value(cfg, dotted.strip().split("."), _parse_value(raw, source), source, "")
 
 
@@ -145,8 +150,15 @@ def _dataclass_entry(hint: Any) -> Any:
 def _check_field(obj: Any, name: str, source: str, prefix: str) -> None:
     names = [f.name for f in dataclasses.fields(obj)] if dataclasses.is_dataclass(obj) else []
     if name not in names:
-        hint = did_you_mean(prefix + name, [prefix + n for n in names])
-        raise UserError(f"{source}: unknown key '{prefix}{name}'{hint}")
+        raise _unknown_key(source, prefix + name, [prefix + n for n in names])
+
+
+def _unknown_key(source: str, dotted: str, known: list[str]) -> UserError:
+    """A key of an older config names its new key; any other unknown key gets a did-you-mean."""
+    renamed = renamed_hint(dotted)
+    if renamed:
+        return UserError(f"{source}: {renamed}")
+    return UserError(f"{source}: unknown key '{dotted}'{did_you_mean(dotted, known)}")
 
 
 def _parse_value(raw: str, source: str) -> Any:

@@ -1,10 +1,11 @@
-"""The on-policy sampler: one completion per prompt from the current weights, as `generate` samples them.
+"""The native backend: completions from the current weights, drawing exactly the tokens `generate` draws.
 
 A plain loop over a preallocated KV cache (no `generate`: its growing cache copies itself every token, and it keeps
 computing finished rows until the last one ends), drawing exactly the tokens `generate` draws under the same seed.
 A finished row leaves the batch by having a row from the end moved into its place in the same buffers. For
-Llama-family models each token is one lean step (sdft/methods/lean_decode.py: the model's modules without the generic
-forward's per-call overhead). The prefill is the student's prompt pass where sdft.py shares it (rollout.prompt_pass).
+Llama-family models each token is one lean step (sdft/generation/lean_decode.py: the model's modules without the
+generic forward's per-call overhead). The prefill is the student's prompt pass where the SDFT trainer shares it
+(base.prompt_pass). Temperature 0 is greedy decoding (argmax), as `generate` does it.
 """
 
 from __future__ import annotations
@@ -13,44 +14,55 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from sdft.config import TrainConfig
-from sdft.methods.lean_decode import lean_decoder
-from sdft.methods.rollout import CACHE_KWARG, PromptPass, Rollout, completion_from_tokens, prompt_pass
+from sdft.config import SamplingConfig
+from sdft.generation.base import CACHE_KWARG, PromptPass, Rollout, completion_from_tokens, prompt_pass
+from sdft.generation.lean_decode import lean_decoder
 
 
-@torch.no_grad()
-def sample_completions(model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, cfg: TrainConfig,
-                       prompt: PromptPass | None = None) -> Rollout:
-    """One completion per prompt from the current weights, decoded as `generate` samples (temperature, then top-p,
-    then a multinomial draw per row; finished rows get the pad token): under the same seed the same tokens.
-    `prompt`: the student's prompt pass, reused as the prefill (its cache is copied, never modified)."""
-    was_training = model.training
-    model.eval()
-    capacity = prompt_mask.shape[1] + cfg.max_completion_tokens
-    try:
-        cache = _decoding_cache(prompt.cache, capacity) if prompt is not None else None
-        if cache is None:  # no prompt pass, or a cache we cannot copy: a prefill of our own, extended in place
-            prompt = prompt_pass(model, prompt_ids, prompt_mask)
-            cache = _decoding_cache(prompt.cache, capacity) or prompt.cache
-        tokens = _decode(model, cache, prompt.last_logits.detach(), prompt_mask, cfg, tokenizer)
-    finally:
-        model.train(was_training)
-    return completion_from_tokens(tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+class NativeBackend:
+    """sdft's own KV-cache sampler behind the generation interface (base.Backend)."""
+
+    name = "native"
+
+    @torch.no_grad()
+    def sample(self, model, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingConfig,
+               max_new_tokens: int, prefill: PromptPass | None = None, logprobs: bool = False) -> Rollout:
+        """One completion per prompt from the current weights, decoded as `generate` does (greedy at temperature 0;
+        else temperature, then top-p, then a multinomial draw per row; finished rows get the pad token): under the
+        same seed the same tokens. `prefill`: a prompt pass to reuse (its cache is copied, never modified)."""
+        was_training = model.training
+        model.eval()
+        capacity = prompt_mask.shape[1] + max_new_tokens
+        try:
+            cache = _decoding_cache(prefill.cache, capacity) if prefill is not None else None
+            if cache is None:  # no prompt pass, or a cache we cannot copy: a prefill of our own, extended in place
+                prefill = prompt_pass(model, prompt_ids, prompt_mask)
+                cache = _decoding_cache(prefill.cache, capacity) or prefill.cache
+            tokens, scores = _decode(model, cache, prefill.last_logits.detach(), prompt_mask, sampling, max_new_tokens,
+                                     tokenizer, logprobs)
+        finally:
+            model.train(was_training)
+        return completion_from_tokens(tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, scores)
 
 
-def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, cfg: TrainConfig, tokenizer) -> Tensor:
-    """[B, steps] sampled ids, pad after a row's eos. A finished row leaves the batch (its cache rows too), so the
-    model only runs the rows still sampling; the random draws stay `generate`'s (see sample_token)."""
+def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, sampling: SamplingConfig, cap: int, tokenizer,
+            want_logprobs: bool) -> tuple[Tensor, Tensor | None]:
+    """[B, steps] drawn ids, pad after a row's eos (and their log-probs when asked). A finished row leaves the batch
+    (its cache rows too), so the model only runs the rows still sampling; the random draws stay `generate`'s (see
+    sample_token)."""
     batch, width = prompt_mask.shape
-    eos, pad, cap = tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.max_completion_tokens
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, cap)], dim=1)
     position = prompt_mask.sum(dim=1, keepdim=True)  # the next token's position: the number of real prompt tokens
     tokens = torch.full((batch, cap), pad, dtype=torch.long, device=prompt_mask.device)
+    scores = torch.zeros((batch, cap), device=prompt_mask.device) if want_logprobs else None
     active = torch.arange(batch, device=prompt_mask.device)  # the rows still sampling, in the cache's order
     lean = lean_decoder(model)  # the same logits as model(...) with less overhead per token, where supported
     for step in range(cap):
-        token = sample_token(logits, cfg.rollout_temperature, cfg.rollout_top_p, rows=active, batch=batch)
+        token = next_token(logits, sampling, rows=active, batch=batch)
         tokens[active, step] = token
+        if scores is not None:
+            scores[active, step] = logits.float().log_softmax(dim=-1).gather(1, token[:, None]).squeeze(1)
         going = token != eos
         if step + 1 == cap or not going.any():
             break
@@ -64,7 +76,7 @@ def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, cfg: TrainConfig,
             out = model(input_ids=token[:, None], attention_mask=mask[:, : width + step + 1],
                         position_ids=position + step, use_cache=True, **{CACHE_KWARG: cache})
             logits = out.logits[:, -1]
-    return tokens[:, : step + 1]
+    return tokens[:, : step + 1], None if scores is None else scores[:, : step + 1]
 
 
 def _filled_holes_order(going: Tensor) -> Tensor:
@@ -76,6 +88,13 @@ def _filled_holes_order(going: Tensor) -> Tensor:
     alive = going.nonzero().squeeze(1)
     order[(~going[:kept]).nonzero().squeeze(1)] = alive[alive >= kept]
     return order
+
+
+def next_token(logits: Tensor, sampling: SamplingConfig, rows: Tensor | None = None, batch: int | None = None) -> Tensor:
+    """Greedy (argmax, as `generate` without sampling) at temperature 0; else a draw by sample_token."""
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    return sample_token(logits, sampling.temperature, sampling.top_p, rows=rows, batch=batch)
 
 
 def sample_token(logits: Tensor, temperature: float, top_p: float, rows: Tensor | None = None,
