@@ -39,7 +39,8 @@ def fit_adapter(model, tokenizer, examples: Sequence[Example], steps: int, learn
     """Train the model's trainable parameters (after wrap_with_lora: the adapter alone) for `steps` AdamW steps of
     `batch_size` examples, drawn in an order fixed by `seed` (epoch after epoch); each step's loss is the mean
     cross-entropy over its batch's label tokens. Dropout draws from `seed` too, and the caller's RNG state is
-    restored afterwards, so a fit is deterministic for a seed and shifts no one else's draws."""
+    restored afterwards, so a fit is deterministic for a seed and shifts no one else's draws. The learning rate is
+    constant; no weight decay or gradient clipping unless asked for (a few steps from a fresh adapter need neither)."""
     params = _checked(model, examples, steps, batch_size)
     started, pad_id, device = time.perf_counter(), _pad_id(tokenizer), params[0].device
     loss_before = _mean_loss(model, examples, batch_size, pad_id, device)
