@@ -305,8 +305,9 @@ def import_all() -> None:
 
 
 def build_stage(spec: dict, run_dir: Path):
+    from sdft.adapters import wrap_with_lora
     from sdft.config import load_config
-    from sdft.methods.stage import Stage, add_lora
+    from sdft.methods.stage import Stage
     from sdft.models import load_model
     from sdft.tasks.registry import load_tasks, task_registry
 
@@ -324,7 +325,7 @@ def build_stage(spec: dict, run_dir: Path):
     cfg = load_config(None, overrides)
     loaded = load_model(cfg.model)
     if cfg.lora.enabled:
-        loaded.model = add_lora(loaded.model, cfg.lora)
+        loaded.model = wrap_with_lora(loaded.model, cfg.lora)
     (task,) = load_tasks([spec["task"]], task_registry([]))
     return Stage(cfg, loaded, task, run_dir)
 

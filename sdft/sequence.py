@@ -23,12 +23,13 @@ from pathlib import Path
 
 import yaml
 
+from sdft.adapters import merge_and_save, wrap_with_lora
 from sdft.config import Config, ModelConfig, config_to_dict, load_config
 from sdft.config.mapping import apply_override
 from sdft.console import console
 from sdft.errors import UserError
 from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95
-from sdft.methods.stage import Stage, add_lora
+from sdft.methods.stage import Stage
 from sdft.eval_service import EvalService, world_of
 from sdft.models import LoadedModel, load_model, resolve_device
 from sdft.runs import atomic_write_json, read_json, write_lineage, write_run_header
@@ -120,7 +121,7 @@ def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, sta
     cfg = dataclasses.replace(stage_config(plan.cfg, task.name, method, seed), model=model_cfg)
     loaded = load_model(cfg.model)
     if cfg.lora.enabled:
-        loaded.model = add_lora(loaded.model, cfg.lora)
+        loaded.model = wrap_with_lora(loaded.model, cfg.lora)
     resume = any((stage_dir / "checkpoints").glob("*-*"))
     write_run_header(stage_dir, cfg, "sequence-stage", str(loaded.device))
     write_lineage(stage_dir, model_cfg.name_or_path, task.name, method)
@@ -137,10 +138,7 @@ def _stage_model_dir(cfg: Config, stage_dir: Path) -> Path:
 
 def _merge(loaded: LoadedModel, directory: Path):
     """Fold the stage's adapter into the weights, so 'adapter disabled' next stage means this stage's end."""
-    merged = loaded.model.merge_and_unload()
-    merged.save_pretrained(str(directory), safe_serialization=True)
-    loaded.tokenizer.save_pretrained(str(directory))
-    return merged
+    return merge_and_save(loaded.model, loaded.tokenizer, directory)
 
 
 def _cached_row(path: Path, compute) -> dict:

@@ -8,10 +8,11 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from sdft.adapters import wrap_with_lora
 from sdft.config import Config
 from sdft.errors import UserError
 from sdft.methods.harness import StageResult
-from sdft.methods.stage import Stage, add_lora
+from sdft.methods.stage import Stage
 from sdft.models import load_model, process_state
 from sdft.eval_service import EvalService, require_judge, world_of
 from sdft.runs import atomic_write_json, new_run_dir, read_json, write_lineage, write_run_header
@@ -94,7 +95,7 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     service = EvalService(cfg, general)
     before = _before(loaded, service, task, run_dir) if evaluate else None
     if cfg.lora.enabled:
-        loaded.model = add_lora(loaded.model, cfg.lora)
+        loaded.model = wrap_with_lora(loaded.model, cfg.lora)
     result = trainer_for(cfg)(Stage(cfg, loaded, task, run_dir, resume))
     after = service.score(loaded, [task]) if evaluate else None
     results = {

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from conftest import qa_records
+from sdft.adapters import wrap_with_lora
 from sdft.config import ModelConfig, load_config
 from sdft.errors import UserError
 from sdft.methods import sdft as sdft_method
 from sdft.generation.base import completion_from_tokens, left_pad, prompt_pass
 from sdft.generation.native import NativeBackend, sample_token
 from sdft.methods.rollout import completion_logits, prepare_rows, student_completion_logits
-from sdft.methods.stage import Stage, add_lora
+from sdft.methods.stage import Stage
 from sdft.methods.teacher import EmaAdapterTeacher, EmaCopyTeacher, EmaUpdateTeacher, FrozenAdapterTeacher, FrozenCopyTeacher
 from sdft.models import load_model
 from sdft.tasks.loading import rows_from_records
@@ -41,7 +42,7 @@ def make_stage(tiny_model_dir, task, run_dir, *overrides, lora=False, dtype="flo
     ])
     loaded = load_model(cfg.model)
     if lora:
-        loaded.model = add_lora(loaded.model, cfg.lora)
+        loaded.model = wrap_with_lora(loaded.model, cfg.lora)
     return Stage(cfg, loaded, task, run_dir, resume)
 
 
@@ -406,7 +407,7 @@ def test_lean_decoding_step_gives_the_generic_forwards_logits_bit_for_bit(tiny_m
     else:
         model = load_model(ModelConfig(name_or_path=str(tiny_model_dir))).model
         if kind == "llama-lora":
-            model = add_lora(model, LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+            model = wrap_with_lora(model, LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
             for name, param in model.named_parameters():  # a trained adapter: B is zero at init
                 if "lora_B" in name:
                     param.data.normal_(0, 0.5)

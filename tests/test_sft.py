@@ -14,10 +14,11 @@ import torch
 from transformers import TrainerCallback
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from sdft.adapters import wrap_with_lora
 from sdft.config import ModelConfig, load_config
 from sdft.errors import UserError
 from sdft.methods.sft import build_trainer, sft_config, tokenize_rows, train_sft
-from sdft.methods.stage import Stage, add_lora
+from sdft.methods.stage import Stage
 from sdft.models import load_model
 from sdft.prompts import render_prompt
 from sdft.tasks.spec import Row, TaskSpec
@@ -35,7 +36,7 @@ def make_stage(run_dir, model_dir, *overrides, rows=ROWS, resume=False) -> Stage
     cfg = load_config(None, [*BASE, *overrides])
     loaded = load_model(ModelConfig(name_or_path=str(model_dir)))
     if cfg.lora.enabled:
-        loaded.model = add_lora(loaded.model, cfg.lora)
+        loaded.model = wrap_with_lora(loaded.model, cfg.lora)
     task = TaskSpec(name="toy", version="1", source="test", scorer="exact", splits={"train": list(rows)})
     return Stage(cfg, loaded, task, run_dir, resume=resume)
 

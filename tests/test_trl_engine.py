@@ -12,13 +12,14 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from conftest import qa_records
+from sdft.adapters import wrap_with_lora
 from sdft.config import load_config
 from sdft.errors import UserError
 from sdft.methods import trl_engine
 from sdft.methods.losses import distillation_loss
 from sdft.methods.rollout import prepare_rows
 from sdft.methods.trl_callbacks import TEACHER_FILE
-from sdft.methods.stage import Stage, add_lora
+from sdft.methods.stage import Stage
 from sdft.models import load_model
 from sdft.prompts import teacher_prompt
 from sdft.tasks.loading import rows_from_records
@@ -48,7 +49,7 @@ def make_stage(tiny_model_dir, task, run_dir, *overrides, resume=False) -> Stage
     cfg = config(*overrides, model=tiny_model_dir)
     loaded = load_model(cfg.model)
     if cfg.lora.enabled:
-        loaded.model = add_lora(loaded.model, cfg.lora)
+        loaded.model = wrap_with_lora(loaded.model, cfg.lora)
     return Stage(cfg, loaded, task, run_dir, resume)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdft.config import Config, LoraConfig
-from sdft.errors import UserError
+from sdft.config import Config
 from sdft.models import LoadedModel
 from sdft.tasks.spec import Row, TaskSpec
 
@@ -33,17 +32,3 @@ class Stage:
         rows = self.task.split(self.cfg.train.split)
         return rows[: self.cfg.train.max_rows] if self.cfg.train.max_rows else rows
 
-
-def add_lora(model, lora: LoraConfig):
-    """Wrap the model with fresh LoRA adapters (peft); the base weights stay frozen."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    peft_config = PeftLoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
-    )
-    try:
-        return get_peft_model(model, peft_config)
-    except ValueError as err:  # e.g. no module matches target_modules
-        raise UserError(f"lora.target_modules {lora.target_modules} do not fit this model: {err}") from err

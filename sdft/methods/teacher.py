@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from sdft.adapters import effective_update, lora_layers
 from sdft.console import err_console
 from sdft.errors import UserError
 from sdft.methods.rollout import Rollout, completion_logits
@@ -172,13 +173,13 @@ class EmaUpdateTeacher(Teacher):
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
         self.rate = rate
-        self.layers = _lora_layers(model)
-        self.shadow = {name: _effective_update(layer).clone() for name, layer in self.layers.items()}
+        self.layers = lora_layers(model)
+        self.shadow = {name: effective_update(layer).clone() for name, layer in self.layers.items()}
 
     @torch.no_grad()
     def update(self) -> None:
         for name, layer in self.layers.items():
-            self.shadow[name].mul_(1.0 - self.rate).add_(_effective_update(layer), alpha=self.rate)
+            self.shadow[name].mul_(1.0 - self.rate).add_(effective_update(layer), alpha=self.rate)
 
     @contextlib.contextmanager
     def _weights(self):
@@ -206,22 +207,6 @@ def _load_shadow(shadow: dict[str, Tensor], state: dict[str, Tensor]) -> None:
                         "from before lora.ema existed averaged the update: --set train.lora_ema=update)")
     for name, tensor in shadow.items():
         tensor.copy_(state[name])
-
-
-def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    from peft.tuners.lora import LoraLayer
-
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
-    for name, layer in layers.items():
-        if not isinstance(layer.base_layer, torch.nn.Linear):
-            raise UserError(f"the EMA adapter teacher supports LoRA on Linear layers only; '{name}' is {type(layer.base_layer).__name__}")
-    return layers
-
-
-def _effective_update(layer) -> Tensor:
-    adapter = layer.active_adapters[0]
-    a, b = layer.lora_A[adapter].weight.float(), layer.lora_B[adapter].weight.float()
-    return (b @ a) * layer.scaling[adapter]
 
 
 def _run_with_update(base: torch.nn.Linear, update: Tensor) -> Callable[[], None]:
