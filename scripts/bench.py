@@ -358,9 +358,9 @@ def trainer_steps(stage, steps: int, engine: str) -> list[dict]:
         trainer.add_callback(timer)  # last: the teacher update counts in the step's optimizer phase
         trainer.train()
     else:
-        from sdft.methods import sft
+        from sdft.methods import hf_session, sft
 
-        build = sft.build_trainer
+        build = hf_session.build_trainer
 
         def instrumented(*args, **kwargs):
             trainer = build(*args, **kwargs)
@@ -369,11 +369,11 @@ def trainer_steps(stage, steps: int, engine: str) -> list[dict]:
             trainer.add_callback(timer)  # last, as above
             return trainer
 
-        sft.build_trainer = instrumented  # train_sft builds its trainer by this module-level name
+        hf_session.build_trainer = instrumented  # the session builds its trainer by this module-level name
         try:
             sft.train_sft(stage, callbacks=[timer])
         finally:
-            sft.build_trainer = build
+            hf_session.build_trainer = build
     return timer.records
 
 

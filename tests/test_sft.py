@@ -17,7 +17,9 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from sdft.adapters import wrap_with_lora
 from sdft.config import ModelConfig, load_config
 from sdft.errors import UserError
-from sdft.methods.sft import build_trainer, sft_config, tokenize_rows, train_sft
+from sdft.methods.hf_session import build_trainer, sft_config
+from sdft.methods.sft import train_sft
+from sdft.methods.tokens import demonstration_examples
 from sdft.methods.stage import Stage
 from sdft.models import load_model
 from sdft.prompts import render_prompt
@@ -27,6 +29,10 @@ ROWS = [Row("What is 2+2?", "It is 4.", "4"), Row("Name a colour.", "Blue, like 
 THREE_ROWS = [*ROWS, Row("Say hi.", "Hi!", "hi")]
 BASE = ["train.method=sft", "train.batch_size=2", "train.warmup_steps=0", "train.learning_rate=0.01",
         "train.log_every=1", "train.checkpoint_every=100", "train.max_completion_tokens=64"]
+
+
+def tokenize_rows(stage):
+    return demonstration_examples(stage.train_rows(), stage.task, stage.loaded.tokenizer, stage.cfg.train)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,6 +17,7 @@ from sdft.config import load_config
 from sdft.errors import UserError
 from sdft.methods import trl_engine
 from sdft.methods.losses import distillation_loss
+from sdft.methods.hf_trainer import latest_checkpoint
 from sdft.methods.rollout import prepare_rows
 from sdft.methods.trl_callbacks import TEACHER_FILE
 from sdft.methods.stage import Stage
@@ -169,7 +170,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_model_dir, task, 
     def final_state(stage):
         trl_engine.train_trl_sdft(stage)
         weights = {n: p.detach().clone() for n, p in stage.loaded.model.named_parameters() if p.requires_grad}
-        teacher = load_file(str(trl_engine.latest_checkpoint(stage.checkpoint_dir) / TEACHER_FILE))
+        teacher = load_file(str(latest_checkpoint(stage.checkpoint_dir) / TEACHER_FILE))
         return weights, teacher
 
     expected = final_state(make_stage(tiny_model_dir, task, tmp_path / "a", *overrides))

@@ -57,6 +57,23 @@ class PromptStream:
         self._order = self._shuffled(self.epoch)
 
 
+def per_device_batch_size(train: TrainConfig, processes: int) -> int:
+    """train.batch_size counts prompts per optimizer step, across gradient accumulation and processes: the prompts
+    of one process in one micro-batch. A batch that does not split evenly is one clear error."""
+    per_device, remainder = divmod(train.batch_size, train.gradient_accumulation * processes)
+    if remainder or per_device < 1:
+        raise UserError(f"train.batch_size={train.batch_size} must split evenly over train.gradient_accumulation="
+                        f"{train.gradient_accumulation} x {processes} processes")
+    return per_device
+
+
+def require_same_device(model_device: torch.device, trainer_device: torch.device) -> None:
+    """The Trainer-based engines train on accelerate's device; a model placed elsewhere is refused, not moved."""
+    if model_device.type != trainer_device.type or model_device.index not in (None, trainer_device.index):
+        raise UserError(f"training runs on {trainer_device} (accelerate's device) but model.device is {model_device}; "
+                        "use CUDA_VISIBLE_DEVICES to pick the GPU")
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 

@@ -18,9 +18,8 @@ import torch
 from torch import Tensor
 
 from sdft.config import TrainConfig
-from sdft.console import err_console
-from sdft.errors import UserError
 from sdft.generation.base import CACHE_KWARG, PromptPass, Rollout
+from sdft.methods.tokens import rows_within_caps
 from sdft.prompts import render_prompt, teacher_prompt
 from sdft.tasks.spec import Row, TaskSpec
 
@@ -35,36 +34,19 @@ class PreparedRow:
 
 
 def prepare_rows(rows: list[Row], task: TaskSpec, tokenizer, cfg: TrainConfig) -> list[PreparedRow]:
-    """Tokenise every row's prompts; a prompt over its cap is an error naming the row, or (with
-    train.overlong_prompts: skip) a dropped row, counted and printed. Nothing is ever truncated."""
-    prepared, skipped = [], []
-    for number, row in enumerate(rows, start=1):
+    """Tokenise every row's prompts (the student's and the teacher's), checked against their caps by
+    tokens.rows_within_caps: an error naming the row, or a skipped row, counted. Nothing is ever truncated."""
+    prepared = []
+    for row in rows:
         student = _encode(tokenizer, render_prompt(tokenizer, row.prompt, task.system_prompt))
         teacher = _encode(tokenizer, render_prompt(tokenizer, teacher_prompt(row.prompt, row.demonstration), task.system_prompt))
-        problem = _overlong(student, teacher, cfg)
-        if problem is None:
-            prepared.append(PreparedRow(row, student, teacher))
-        elif cfg.overlong_prompts == "skip":
-            skipped.append(number)
-        else:
-            raise UserError(f"task '{task.name}' split '{cfg.split}' row {number}: {problem}; raise the cap or set train.overlong_prompts=skip")
-    if skipped:
-        err_console.print(f"[yellow]skipped {len(skipped)} of {len(rows)} rows of '{task.name}' whose prompts exceed their caps (rows {skipped[:10]}{'...' if len(skipped) > 10 else ''})[/]")
-    if not prepared:
-        raise UserError(f"task '{task.name}': no training row fits the prompt caps")
-    return prepared
+        prepared.append(PreparedRow(row, student, teacher))
+    lengths = [{"prompt": len(r.student_ids), "teacher": len(r.teacher_ids)} for r in prepared]
+    return [prepared[i] for i in rows_within_caps(task.name, cfg, lengths)]
 
 
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _overlong(student: list[int], teacher: list[int], cfg: TrainConfig) -> str | None:
-    if len(student) > cfg.max_prompt_tokens:
-        return f"the prompt has {len(student)} tokens, over train.max_prompt_tokens={cfg.max_prompt_tokens}"
-    if len(teacher) > cfg.max_teacher_prompt_tokens:
-        return f"the teacher prompt has {len(teacher)} tokens, over train.max_teacher_prompt_tokens={cfg.max_teacher_prompt_tokens}"
-    return None
 
 
 def has_active_dropout(model) -> bool:

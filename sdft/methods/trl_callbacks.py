@@ -13,8 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 from sdft.errors import UserError
-from sdft.methods.harness import MetricsLog
-from sdft.methods.hf_trainer import CHECKPOINT_PREFIX, require_finite
+from sdft.methods.hf_trainer import CHECKPOINT_PREFIX, MetricsCallback
 from sdft.methods.teacher import Teacher
 
 TEACHER_FILE = "sdft_teacher.safetensors"
@@ -67,47 +66,34 @@ def load_teacher(teacher: Teacher, checkpoint: Path) -> None:
     teacher.load_state_dict(load_file(str(path)))
 
 
-class RunLog(TrainerCallback):
+class RunLog(MetricsCallback):
     """metrics.jsonl every step (TRL's keys plus the native engine's names for the comparable ones), samples.jsonl,
     the progress bar and the NaN guard. `log` and `progress` are set by train_trl_sdft."""
 
-    def __init__(self, batch_size: int, log_every: int, sample_count: int, checkpoint_dir: Path):
-        self.batch_size, self.log_every, self.sample_count = batch_size, log_every, sample_count
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.log: MetricsLog | None = None
-        self.progress = None
-        self.last: dict[str, Any] = {}
-        self._bar, self._started, self._seconds, self._samples = None, 0.0, 0.0, []
+    dropped_keys = _DROPPED_KEYS
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self._bar = self.progress.add_task("sdft (trl)", total=state.max_steps, completed=state.global_step)
+    def __init__(self, batch_size: int, log_every: int, sample_count: int, checkpoint_dir: Path):
+        super().__init__(None, None, "sdft (trl)", checkpoint_dir)
+        self.batch_size, self.log_every, self.sample_count = batch_size, log_every, sample_count
+        self._started, self._seconds, self._samples = 0.0, 0.0, []
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         self._seconds = time.perf_counter() - self._started
-        if self._bar is not None:
-            self.progress.update(self._bar, completed=state.global_step)
+        super().on_step_end(args, state, control, **kwargs)
 
     def on_self_distillation_batch_prepared(self, processing_class=None, prompt_ids=None, completion_ids=None, **kwargs):
         """A TRL event: a step's rollouts are sampled; keep a few as text for samples.jsonl."""
         decode = lambda ids: processing_class.batch_decode(ids[: self.sample_count], skip_special_tokens=True)  # noqa: E731
         self._samples = [{"prompt": p, "completion": c} for p, c in zip(decode(prompt_ids), decode(completion_ids))]
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:  # the end-of-training summary
-            return
-        record = {key: value for key, value in logs.items() if key not in _DROPPED_KEYS}
+    def enrich(self, record: dict[str, Any], state) -> None:
         tokens = record.get("completions/mean_length", 0.0) * self.batch_size
         record.update(completion_tokens=record.get("completions/mean_length"), capped_share=record.get("completions/clipped_ratio"),
                       step_seconds=self._seconds, tokens_per_second=tokens / self._seconds if self._seconds else 0.0)
-        self.last = record
-        if self.log is not None:
-            self.log.log(state.global_step, record)
-            if state.global_step % self.log_every == 0:
-                self.log.samples(state.global_step, self._samples)
-        if self._bar is not None:
-            self.progress.update(self._bar, description=f"sdft (trl) loss {record['loss']:.4f}")
-        require_finite(record, state.global_step, self.checkpoint_dir)
+
+    def logged(self, state) -> None:
+        if state.global_step % self.log_every == 0:
+            self.log.samples(state.global_step, self._samples)

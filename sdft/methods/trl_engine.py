@@ -14,7 +14,7 @@ TRL's teacher handling has the bugs listed below.
 | loss.divergence jsd, loss.alpha       | distillation_alpha = alpha                            | exact: same mixture M = (1-a)S + aT, same weights |
 | loss.divergence sampled_token         | distillation_mode sampled_token, alpha 1.0            | gradient exact; TRL logs sg(r)*log pS(y), not r |
 | loss.top_k, topk_source student       | topk_logits, distillation_topk, add_tail True         | approx: TRL's tail log(-expm1(log mass)) cancels when top-k holds ~all mass |
-| loss.top_k, topk_source teacher       | -                                                     | unsupported (UserError): TRL takes the student's top-k |
+| loss.top_k, topk_source teacher       | -                                                     | unsupported (refused by the config): TRL takes the student's top-k |
 | loss.skip_first_tokens                | num_loss_tokens_to_skip                               | exact (completions are right-padded) |
 | loss.chunk_size                       | -                                                     | ignored: TRL materialises [B, T, V] log-softmax tensors |
 | (reduction)                           | mean over a sequence's loss tokens, then sequences    | approx: TRL counts a sequence with no loss token as 0 in the mean |
@@ -25,7 +25,7 @@ TRL's teacher handling has the bugs listed below.
 | (1 rollout per prompt)                | num_generations 1, steps_per_generation = GA, num_iterations 1 | exact: a step's batch is sampled from the same weights |
 | max_completion_tokens                 | max_completion_length                                 | exact; TRL also stops at every eos id in the model's generation_config |
 | max_prompt_tokens, max_teacher_prompt_tokens, overlong_prompts | checked here; max_prompt_length None | exact: TRL would left-truncate; it never sees an overlong prompt |
-| capped_completions_in_loss false      | -                                                     | unsupported (UserError): TRL always keeps them |
+| capped_completions_in_loss false      | -                                                     | unsupported (refused by the config): TRL always keeps them |
 | steps                                 | max_steps                                             | exact |
 | batch_size, gradient_accumulation     | per_device_train_batch_size = batch / (GA x processes), GA | exact per step; TRL's row order differs and drops an epoch's last incomplete batch |
 | learning_rate, lr_schedule, warmup_steps, weight_decay | our AdamW + LambdaLR passed as `optimizers`; args mirror them | exact (transformers' own warm-up would start at lr 0 and skip decay on biases) |
@@ -76,14 +76,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from sdft.config import Config
 from sdft.console import err_console, progress_bar
 from sdft.errors import UserError
-from sdft.methods.harness import MetricsLog, StageResult, build_optimizer, build_scheduler, save_model
-from sdft.methods.hf_trainer import CHECKPOINT_PREFIX, checkpoint_step, latest_checkpoint
+from sdft.methods.harness import (MetricsLog, StageResult, build_optimizer, build_scheduler, per_device_batch_size,
+                                  require_same_device, save_model)
+from sdft.methods.hf_trainer import checkpoint_step, resume_checkpoint
 from sdft.methods.rollout import PreparedRow, prepare_rows
 from sdft.methods.stage import Stage
 from sdft.methods.teacher import Teacher, build_teacher
@@ -97,9 +97,7 @@ TEACHER_KINDS = {"frozen": "base", "ema": "ema", "live": "live"}  # ours -> TRL'
 def train_trl_sdft(stage: Stage, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
     """Train `stage` with TRL's SDFTTrainer; `callbacks` are extra transformers callbacks."""
     cfg = stage.cfg.train
-    resume_from = latest_checkpoint(stage.checkpoint_dir) if stage.resume else None
-    if stage.resume and resume_from is None:
-        raise UserError(f"nothing to resume in {stage.checkpoint_dir}: it holds no {CHECKPOINT_PREFIX}<step> folder")
+    resume_from = resume_checkpoint(stage)
     if cfg.rollout.temperature != 1.0:
         err_console.print(f"[yellow]engine trl: TRL divides the student's and teacher's logits by "
                           f"train.rollout.temperature={cfg.rollout.temperature} before the loss; the native engine does not[/]")
@@ -134,7 +132,7 @@ def build_trainer(stage: Stage, callbacks: Sequence[TrainerCallback] = ()):
     if cfg.train.loss.top_k is not None and cfg.train.loss.top_k > vocab:
         raise UserError(f"train.loss.top_k={cfg.train.loss.top_k} exceeds the vocabulary size {vocab}")
     args = trl_config(cfg, stage.checkpoint_dir, use_cpu=loaded.device.type == "cpu", processes=_processes())
-    _require_same_device(loaded.device, args.device)
+    require_same_device(loaded.device, args.device)
     model = loaded.model.train()
     teacher = build_teacher(model, cfg.train.teacher, cfg.train.ema_rate, lora=cfg.lora.enabled,
                             lora_ema=cfg.train.lora_ema)  # stage start, in memory
@@ -155,25 +153,11 @@ def trl_dataset(rows: list[PreparedRow], system_prompt: str | None) -> list[dict
     return [{"prompt": chat_messages(r.row.prompt, system_prompt), "privileged_context": r.row.demonstration} for r in rows]
 
 
-def check_supported(cfg: Config) -> None:
-    """UserError for settings TRL's SDFTTrainer cannot express, naming the key."""
-    train, loss = cfg.train, cfg.train.loss
-    if loss.top_k is not None and loss.topk_source != "student":
-        raise UserError(f"train.loss.topk_source='{loss.topk_source}' is not supported by engine trl: TRL takes the "
-                        "top-k of the student's distribution (set train.loss.topk_source=student, or train.loss.top_k=null)")
-    if not train.capped_completions_in_loss:
-        raise UserError("train.capped_completions_in_loss=false is not supported by engine trl: TRL keeps completions "
-                        "that hit train.max_completion_tokens in the loss")
-
-
 def trl_config_kwargs(cfg: Config, output_dir: str | Path, *, use_cpu: bool, processes: int = 1) -> dict[str, Any]:
-    """Config -> SDFTConfig keyword arguments (see the module docstring's table). Pure: no model, no data, no TRL."""
-    check_supported(cfg)
+    """Config -> SDFTConfig keyword arguments (see the module docstring's table). Pure: no model, no data, no TRL.
+    What TRL cannot express was refused when the config was validated (sdft/config/root.py)."""
     train, loss = cfg.train, cfg.train.loss
-    per_device, remainder = divmod(train.batch_size, train.gradient_accumulation * processes)
-    if remainder or per_device < 1:
-        raise UserError(f"train.batch_size={train.batch_size} must be a multiple of train.gradient_accumulation "
-                        f"({train.gradient_accumulation}) x processes ({processes})")
+    per_device = per_device_batch_size(train, processes)
     mode = {"sampled_token": "sampled_token"}.get(loss.divergence, "full_logits" if loss.top_k is None else "topk_logits")
     alpha = {"forward_kl": 0.0, "reverse_kl": 1.0, "sampled_token": 1.0}.get(loss.divergence, loss.alpha)
     return dict(
@@ -254,10 +238,3 @@ def _processes() -> int:
     if state.distributed_type.value in ("DEEPSPEED", "FSDP"):
         raise UserError("engine trl does not support DeepSpeed or FSDP: its teacher is an in-memory copy (use DDP or engine native)")
     return state.num_processes
-
-
-def _require_same_device(model_device: torch.device, trainer_device: torch.device) -> None:
-    """transformers' Trainer moves the model to accelerate's device; refuse a model placed elsewhere."""
-    if model_device.type != trainer_device.type or (model_device.index not in (None, trainer_device.index)):
-        raise UserError(f"engine trl trains on {trainer_device} (accelerate's device) but model.device is {model_device}; "
-                        "use CUDA_VISIBLE_DEVICES to pick the GPU")
