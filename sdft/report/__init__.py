@@ -4,6 +4,7 @@
   markdown.py       the one markdown table of every report.md
   sequence_rows.py  what `sdft sequence`'s report, tables and plots read from its results (rows, labels, CIs)
   sequence.py       report.md of `sdft sequence` (+ plots.py: its PNGs, matplotlib imported on first use)
+  prior.py          report.md of `sdft eval --prior-tasks` (sdft/prior.py runs that evaluation)
   tables.py         the rich tables the commands print
 
 Each module imports only modules listed above it, never one below, so there is no cycle: plots.py builds on
@@ -13,9 +14,10 @@ are a tiny model's on CPU.
 """
 
 from sdft.report.format import fmt, fmt_delta
+from sdft.report.prior import base_vs_now_rows, write_prior_report
 from sdft.report.sequence import write_sequence_report
 from sdft.report.tables import (check_table, comparison_table, eval_table, matrix_table, prior_table, tasks_table,
                                 train_table)
 
-__all__ = ["check_table", "comparison_table", "eval_table", "fmt", "fmt_delta", "matrix_table", "prior_table",
-           "tasks_table", "train_table", "write_sequence_report"]
+__all__ = ["base_vs_now_rows", "check_table", "comparison_table", "eval_table", "fmt", "fmt_delta",
+           "matrix_table", "prior_table", "tasks_table", "train_table", "write_prior_report", "write_sequence_report"]
