@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from sdft.config import Config
 from sdft.errors import UserError
 from sdft.models import load_model
 from sdft.report import base_vs_now_rows, write_prior_report
@@ -40,6 +41,7 @@ def run_prior_eval(plan: EvalPlan) -> dict:
         "world": world_of(cfg.model.name_or_path, plan.tasks + plan.general),
         "lineage": lineage,
         "split": cfg.eval.split,
+        "decoding": decoding_settings(cfg),
         "scores": now["scores"],
         "general": now["general"],
         "base": base,
@@ -49,3 +51,8 @@ def run_prior_eval(plan: EvalPlan) -> dict:
     write_prior_report(results, plan.run_dir)
     return results
 
+
+def decoding_settings(cfg: Config) -> dict:
+    """How both models' answers were generated, as results.json records it (read by the report)."""
+    gen, max_new_tokens = cfg.eval.generation, cfg.eval.generation.max_new_tokens  # the one line naming the config
+    return {"temperature": gen.temperature, "top_p": gen.top_p, "samples": gen.samples, "max_new_tokens": max_new_tokens}

@@ -1,6 +1,6 @@
 """The human side of every command: rich tables, report.md and the PNG plots, built from a results dict alone.
 
-  format.py         THE number formatter (fmt: '0.512 ± 0.031') and the signed delta
+  format.py         THE number formatter (fmt: '0.512 ± 0.031'), the signed delta, the decoding phrase
   markdown.py       the one markdown table of every report.md
   sequence_rows.py  what `sdft sequence`'s report, tables and plots read from its results (rows, labels, CIs)
   sequence.py       report.md of `sdft sequence` (+ plots.py: its PNGs, matplotlib imported on first use)
@@ -13,11 +13,11 @@ writer (sdft/files.py). Every output names the world its numbers come from: the 
 are a tiny model's on CPU.
 """
 
-from sdft.report.format import fmt, fmt_delta
+from sdft.report.format import decoding_phrase, fmt, fmt_delta
 from sdft.report.prior import base_vs_now_rows, write_prior_report
 from sdft.report.sequence import write_sequence_report
 from sdft.report.tables import (check_table, comparison_table, eval_table, matrix_table, prior_table, tasks_table,
                                 train_table)
 
-__all__ = ["base_vs_now_rows", "check_table", "comparison_table", "eval_table", "fmt", "fmt_delta",
+__all__ = ["base_vs_now_rows", "check_table", "comparison_table", "decoding_phrase", "eval_table", "fmt", "fmt_delta",
            "matrix_table", "prior_table", "tasks_table", "train_table", "write_prior_report", "write_sequence_report"]

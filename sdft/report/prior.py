@@ -1,12 +1,12 @@
 """report.md of `sdft eval RUN --prior-tasks`: every task of the run's lineage and every general skill, the
-base model's score next to the run's (task | base | now | delta)."""
+base model's score next to the run's (task | base | now | delta), and how the scores were decoded."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from sdft.files import atomic_write_text
-from sdft.report.format import fmt, fmt_delta
+from sdft.report.format import decoding_phrase, fmt, fmt_delta
 from sdft.report.markdown import markdown_table
 
 
@@ -22,12 +22,14 @@ def prior_report_markdown(results: dict) -> str:
     """The whole report.md, from the results.json of `sdft eval --prior-tasks` (rows from base_vs_now_rows)."""
     world = results["world"]
     stages = " -> ".join(f"{s['task']} ({s['method']})" for s in results["lineage"]["stages"])
+    decoding = decoding_phrase(results["decoding"])
     rows = [[row["name"], fmt(row["base"]), fmt(row["now"]), fmt_delta(row["delta"])] for row in results["rows"]]
     lines = [
         f"# What survived: {results['model']}",
         "",
         f"Numbers from the {world} world" + (" (a tiny model on CPU, not real models)." if world == "embedded" else "."),
-        f"Base model: `{results['base_model']}`; training stages: {stages}. Greedy decoding, {results['split']} split.",
+        f"Base model: `{results['base_model']}`; training stages: {stages}. "
+        f"{decoding[:1].upper() + decoding[1:]}, {results['split']} split.",
         "",
         markdown_table(("task", "base", "now", "delta"), rows),
         "",
