@@ -168,7 +168,9 @@ def _imports_within_the_package(module: Path) -> set[str]:
     """The sdft.report modules this file imports, at module level or inside a function."""
     found = set()
     for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sdft.report."):
+        if isinstance(node, ast.ImportFrom) and node.level:  # from .x import y / from . import x
+            found |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sdft.report."):
             found.add(node.module.removeprefix("sdft.report."))
         elif isinstance(node, ast.Import):
             found |= {a.name.removeprefix("sdft.report.") for a in node.names if a.name.startswith("sdft.report.")}
