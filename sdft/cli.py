@@ -86,7 +86,7 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check what can be checked offline and print the plan (steps, tokens, memory); train nothing.")] = False,
 ) -> None:
     """Learn one task from demonstrations with the config's method (sdft, sft, dft, cpt), evaluating before and after."""
-    from sdft.tables import train_table
+    from sdft.report import train_table
     from sdft.train_run import run_train
 
     cfg = _config(config, set_)
@@ -115,7 +115,7 @@ def eval_(
 ) -> None:
     """Evaluate a model on tasks (greedy, batched) and on the general-capability suite."""
     from sdft.run_eval import plan_evaluation, run_eval
-    from sdft.tables import eval_table
+    from sdft.report import eval_table
 
     cfg = _config(config, set_, **{"model.name_or_path": model, "eval.limit": limit})
     if prior_tasks:
@@ -130,7 +130,7 @@ def eval_(
 def _eval_prior_tasks(cfg: Config, output: Path | None, extra_tasks: list[str] | None) -> None:
     from sdft.prior import prior_task_names, run_prior_eval
     from sdft.run_eval import plan_evaluation
-    from sdft.tables import prior_table
+    from sdft.report import prior_table
 
     plan = plan_evaluation(cfg, "eval", output, prior_task_names(cfg.model.name_or_path, extra_tasks))
     results = run_prior_eval(plan)
@@ -150,7 +150,7 @@ def check(
 ) -> None:
     """In-context readiness: is the model with a demonstration in its prompt good enough to be its own teacher?"""
     from sdft.run_eval import plan_evaluation, run_check
-    from sdft.tables import check_table
+    from sdft.report import check_table
 
     cfg = _config(config, set_, **{"model.name_or_path": model, "eval.limit": limit})
     plan = plan_evaluation(cfg, "check", output, _split(tasks))
@@ -198,7 +198,7 @@ def sequence(
 @user_errors
 def tasks_(config: ConfigOption = None, set_: SetOption = None) -> None:
     """List the known tasks with their source, version, scorer and split sizes."""
-    from sdft.tables import tasks_table
+    from sdft.report import tasks_table
     from sdft.tasks.registry import task_registry
 
     cfg = _config(config, set_)

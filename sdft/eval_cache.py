@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from sdft.config import EvalConfig
+from sdft.files import append_jsonl, read_jsonl_records
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -54,19 +54,9 @@ class SampleStore:
     def load(self) -> dict[int, list[dict]]:
         """row index -> its samples, for every row whose samples were all written."""
         done: dict[int, list[dict]] = {}
-        if not self.path.is_file():
-            return done
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # the last line of a killed run
-                continue
+        for record in read_jsonl_records(self.path):  # skips the torn last line of a killed run
             done.setdefault(record["row"], []).append(record)
         return done
 
     def append(self, records: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write("".join(json.dumps(r) + "\n" for r in records))
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(self.path, records)

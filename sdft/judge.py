@@ -16,7 +16,6 @@ Its knobs are sdft.config.JudgeConfig.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import threading
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from sdft.config import JudgeConfig
 from sdft.errors import UserError
+from sdft.files import append_jsonl, read_jsonl_records
 
 if TYPE_CHECKING:
     from sdft.judge_backends import Backend
@@ -102,20 +102,13 @@ class JudgeCache:
         self.path = Path(directory) / f"{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsonl"
         self._lock = threading.Lock()
         self.verdicts: dict[str, str] = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # the last line of a killed run
-                    continue
-                self.verdicts[record["key"]] = record["verdict"]
+        for record in read_jsonl_records(self.path):  # skips the torn last line of a killed run
+            self.verdicts[record["key"]] = record["verdict"]
 
     def add(self, entries: dict[str, str]) -> None:
         with self._lock:
             self.verdicts.update(entries)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as handle:
-                handle.write("".join(json.dumps({"key": k, "verdict": v}) + "\n" for k, v in entries.items()))
+            append_jsonl(self.path, [{"key": k, "verdict": v} for k, v in entries.items()])
 
 
 class Judge:

@@ -3,17 +3,19 @@
 The run's lineage (base model, then each training stage) names every task the model was trained on. The
 run's model and the base model are evaluated on all of them and on the general suite (the base through
 the evaluation cache, so it is computed once), and each score is shown next to the base: task | base |
-now | delta."""
+now | delta. The report itself is sdft/report/prior.py's."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from sdft.config import Config
 from sdft.errors import UserError
 from sdft.models import load_model
 from sdft.eval_service import EvalService, world_of
+from sdft.report import base_vs_now_rows, write_prior_report
 from sdft.run_eval import EvalPlan
-from sdft.runs import atomic_write_json, atomic_write_text, lineage_of, write_run_header
+from sdft.runs import atomic_write_json, lineage_of, write_run_header
 
 
 def prior_task_names(run: str, extra: list[str] | None) -> list[str]:
@@ -41,46 +43,19 @@ def run_prior_eval(plan: EvalPlan) -> dict:
         "world": world_of(cfg.model.name_or_path, plan.tasks + plan.general),
         "lineage": lineage,
         "split": cfg.eval.split,
+        "decoding": decoding_settings(cfg),
         "scores": now["scores"],
         "general": now["general"],
         "base": base,
-        "rows": comparison_rows(base, now),
+        "rows": base_vs_now_rows(base, now),
     }
     atomic_write_json(plan.run_dir / "results.json", results)
-    atomic_write_text(plan.run_dir / "report.md", report_markdown(results))
+    write_prior_report(results, plan.run_dir)
     return results
 
 
-def comparison_rows(base: dict, now: dict) -> list[dict]:
-    """[{"name", "base", "now", "delta"}] for every task, every general skill, and the general mean."""
-    rows = [(task, base["scores"][task]["accuracy"], s["accuracy"]) for task, s in now["scores"].items()]
-    rows += [(f"general: {k}", base["general"][k], v) for k, v in now["general"].items() if k != "mean"]
-    rows.append(("general mean", base["general"]["mean"], now["general"]["mean"]))
-    return [{"name": n, "base": b, "now": v, "delta": None if b is None or v is None else v - b} for n, b, v in rows]
-
-
-def report_markdown(results: dict) -> str:
-    world = results["world"]
-    stages = " -> ".join(f"{s['task']} ({s['method']})" for s in results["lineage"]["stages"])
-    lines = [
-        f"# What survived: {results['model']}",
-        "",
-        f"Numbers from the {world} world" + (" (a tiny model on CPU, not real models)." if world == "embedded" else "."),
-        f"Base model: `{results['base_model']}`; training stages: {stages}. Greedy decoding, {results['split']} split.",
-        "",
-        "| task | base | now | delta |",
-        "|---|---:|---:|---:|",
-    ]
-    for row in results["rows"]:
-        cells = [_fmt(row["base"]), _fmt(row["now"]), "-" if row["delta"] is None else f"{row['delta']:+.3f}"]
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
-    lines += ["", "delta = now - base, in accuracy points of [0, 1]; the general mean is the unweighted mean of the "
-              "general suite (the forgetting measure)."]
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-
+def decoding_settings(cfg: Config) -> dict:
+    """How both models' answers were generated, as results.json records it (read by the report)."""
+    ev = cfg.eval
+    return {"temperature": ev.sampling.temperature, "top_p": ev.sampling.top_p, "samples": ev.samples,
+            "max_new_tokens": ev.max_new_tokens, "backend": ev.sampling.backend}

@@ -3,16 +3,16 @@
 runs/<name>/config.yaml   the resolved config, every default written out
 runs/<name>/env.json      package versions, git hash, device, seed
 runs/<name>/results.json  the command's scores
+
+The atomic writers live in sdft/files.py (stdlib only, so leaf modules can use them too).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -21,29 +21,9 @@ from typing import Any
 import yaml
 
 from sdft.config import Config, config_to_dict
+from sdft.files import atomic_write_json, atomic_write_text  # noqa: F401  (the commands import them from here)
 
 _PACKAGES = ("sdft", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

@@ -95,9 +95,9 @@ def run_sequence(plan: SequencePlan) -> dict:
     chains = {m: {s: run_chain(plan, m, s, base) for s in cfg.sequence.seeds} for m in cfg.sequence.methods}
     results = aggregate(plan, chains, time.perf_counter() - started)
     atomic_write_json(plan.run_dir / "results.json", results)
-    from sdft.report import write_report
+    from sdft.report import write_sequence_report
 
-    write_report(results, plan.run_dir)
+    write_sequence_report(results, plan.run_dir)
     return results
 
 

@@ -4,6 +4,7 @@ numbers, and pass@k comes out of sampled evaluation."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -88,6 +89,8 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(setup, generated,
     resumed = evaluate_many(loaded, cfg, [(task, False)])[0]
     assert resumed.summary() == expected.summary()
     assert [s["response"] for s in resumed.samples] == [s["response"] for s in expected.samples]
+    # the resume cut the torn line off before appending, so the cache still reads whole
+    assert all(json.loads(line) for line in cache_file.read_text().splitlines())
 
 
 def test_sampled_evaluation_reports_pass_at_k(setup):

@@ -1,17 +1,18 @@
-"""report.md, plots and rich tables from a results dict written by hand."""
+"""report.md, plots and rich tables from a results dict written by hand; the report package's import graph."""
+
+import ast
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95
-from sdft.report import (
-    comparison_table,
-    fmt,
-    forgetting_bars,
-    matrix_table,
-    normalised_curve,
-    write_report,
-)
+from sdft.report import comparison_table, fmt, fmt_delta, matrix_table, write_sequence_report
+from sdft.report.sequence_rows import forgetting_bars, normalised_curve
 
 TASKS = ["science", "tools", "medical"]
 # Per-seed accuracy matrices (rows: base, after science, after tools, after medical) and general scores.
@@ -76,6 +77,7 @@ def test_fmt():
     assert fmt(0.5123, 0.0311) == "0.512 ± 0.031"
     assert fmt(0.5123) == "0.512"
     assert fmt(None, 0.1) == "-"
+    assert (fmt_delta(0.12), fmt_delta(-0.05), fmt_delta(0.0), fmt_delta(None)) == ("+0.120", "-0.050", "+0.000", "-")
 
 
 def test_normalised_curve_by_hand():
@@ -110,8 +112,8 @@ def test_forgetting_bars_from_per_seed_matrices(results):
     assert cis == pytest.approx([0.6353, 0.6353])
 
 
-def test_write_report(results, tmp_path):
-    paths = write_report(results, tmp_path / "run")
+def test_write_sequence_report(results, tmp_path):
+    paths = write_sequence_report(results, tmp_path / "run")
     names = {p.name for p in paths}
     assert names == {"report.md", "accuracy_over_stages.png", "matrix_sdft.png", "matrix_sft.png", "forgetting.png"}
     report = (tmp_path / "run" / "report.md").read_text()
@@ -137,10 +139,59 @@ def test_one_seed_one_task_paper_world_with_missing_values(tmp_path):
                "methods": {"sft": {"matrix": matrix, "matrix_ci95": None, "general": general,
                                    "general_ci95": [None, None], "metrics": all_metrics(matrix, general),
                                    "metrics_ci95": dict.fromkeys(DEFINITIONS)}}}
-    paths = write_report(results, tmp_path)
+    paths = write_sequence_report(results, tmp_path)
     assert {p.name for p in paths} == {"report.md", "accuracy_over_stages.png", "matrix_sft.png"}
     report = (tmp_path / "report.md").read_text()
     assert "paper world" in report and "science (v2)" in report
     assert "±" not in report.split("### What")[0]
     assert "| sft | 0.300 | - | - | - | - | 0.500 |" in report
     assert "| base | - | - |" in report
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_plots_get_the_mode_of_a_plain_open(results, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        paths = write_sequence_report(results, tmp_path)
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert set(modes.values()) == {stat.S_IMODE((tmp_path / "plain").stat().st_mode)} == {0o666 & ~umask}
+    assert "forgetting.png" in modes
+
+
+REPORT_PACKAGE = Path(__file__).resolve().parents[1] / "sdft" / "report"
+
+
+def _imports_within_the_package(module: Path) -> set[str]:
+    """The sdft.report modules this file imports, at module level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:  # from .x import y / from . import x
+            found |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sdft.report."):
+            found.add(node.module.removeprefix("sdft.report."))
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("sdft.report.") for a in node.names if a.name.startswith("sdft.report.")}
+    return found
+
+
+def test_the_report_package_has_no_import_cycle():
+    graph = {p.stem: _imports_within_the_package(p) for p in REPORT_PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert "plots" in graph["sequence"] and not graph["plots"] & {"sequence", "prior", "tables"}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join(path + (name,))}"
+        if name not in done:
+            for child in graph[name]:
+                visit(child, path + (name,))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+    # and in a fresh interpreter: the plots module first, then the package that uses it; matplotlib stays unloaded
+    code = "import sys, sdft.report.plots, sdft.report; assert 'matplotlib' not in sys.modules"
+    path = os.pathsep.join(filter(None, [str(REPORT_PACKAGE.parents[1]), os.environ.get("PYTHONPATH")]))
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": path})

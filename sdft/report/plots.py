@@ -1,18 +1,20 @@
-"""The PNG plots of `sdft sequence` (sdft/report.py writes them next to report.md): accuracy over stages, one accuracy
-matrix per method, forgetting per task. matplotlib's Agg backend; each file written atomically (temp file, then
-rename), like every run file; every title names the world its numbers come from.
-"""
+"""The PNG plots of `sdft sequence`, written next to its report.md: accuracy over stages, one accuracy matrix
+per method, forgetting per task. matplotlib's Agg backend, imported on first use; each file written atomically
+like every run file; every title names the world its numbers come from.
+
+Imports only downward (format.py, sequence_rows.py): the report writer imports this module, never the reverse."""
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from statistics import mean
 
-from sdft.report import (cis_like, fmt, forgetting_bars, is_flat, normalised_curve, safe_file_name, seeds_label,
-                         stage_labels)
+from sdft.files import atomic_write_bytes
+from sdft.report.format import fmt
+from sdft.report.sequence_rows import (cis_like, forgetting_bars, is_flat, normalised_curve, safe_file_name,
+                                       seeds_label, stage_labels)
 
 
 def _pyplot():
@@ -25,22 +27,14 @@ def _pyplot():
 
 
 def _save(plt, fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    """The figure as a PNG at path, through the one atomic writer (same file mode rule as every run file)."""
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plot should read like any other file
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_plots(results: dict, run_dir: Path) -> list[Path]:
@@ -90,7 +84,7 @@ def _accuracy_panel(ax, results: dict, j: int, colours: dict) -> None:
     ax.text(j + 1, 0.03, f"trained {tasks[j]} ", transform=ax.get_xaxis_transform(), color="grey", fontsize=8,
             rotation=90, ha="right", va="bottom")
     if raw:
-        why = "base model not measured" if not bases else f"no method beat the base model's {mean(bases):.3f}"
+        why = "base model not measured" if not bases else f"no method beat the base model's {fmt(mean(bases))}"
         ax.set_ylim(-0.05, 1.05)
         ax.set_ylabel("raw accuracy")
         ax.set_title(f"{tasks[j]}\n(raw accuracy: {why})", fontsize=10)
@@ -112,7 +106,7 @@ def _matrix_figure(plt, results: dict, method: str):
     image = ax.imshow(cells, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     for i, (row, row_ci) in enumerate(zip(m["matrix"], cis)):
         for j, (value, ci) in enumerate(zip(row, row_ci)):
-            text = fmt(value) if ci is None or value is None else f"{value:.3f}\n± {ci:.3f}"
+            text = fmt(value, ci).replace(" ± ", "\n± ")  # two lines fit a cell
             dark = value is not None and value < 0.6
             ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
         if 0 < i <= len(tasks):
@@ -136,7 +130,7 @@ def _forgetting_figure(plt, results: dict):
         x = [j + (k - (len(methods) - 1) / 2) * width for j in range(len(tasks))]
         yerr = None if all(c is None for c in cis) else [c or 0.0 for c in cis]
         bars = ax.bar(x, values, width, yerr=yerr, capsize=3, label=method, color=colours[method])
-        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8, padding=2)
+        ax.bar_label(bars, labels=[fmt(v) for v in values], fontsize=8, padding=2)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("forgetting $F_j$ (best - final accuracy)")
