@@ -48,7 +48,7 @@ def test_two_stages_make_a_lineage_and_prior_tasks_compares_with_the_base(tmp_pa
     results = json.loads((tmp_path / "prior" / "results.json").read_text())
     assert [r["name"] for r in results["rows"]] == ["doubling", "tripling", "general: doubling", "general mean"]
     assert "what survived" in result.output and (tmp_path / "prior" / "report.md").is_file()
-    assert results["decoding"] == {"temperature": 0.0, "top_p": 1.0, "samples": 1, "max_new_tokens": 4}
+    assert results["decoding"] == {"temperature": 0.0, "top_p": 1.0, "samples": 1, "max_new_tokens": 4, "backend": "hf"}
     assert "Greedy decoding, test split." in (tmp_path / "prior" / "report.md").read_text()
 
     # the numbers match a direct evaluation of the same models
@@ -82,7 +82,7 @@ def test_the_prior_report_names_the_decoding_it_used(tmp_path, tiny_model_dir):
     assert "Greedy decoding" not in report and "greedy" not in report
     assert "Sampling at temperature 0.7, top-p 0.9, 2 samples per prompt, test split." in report
     results = json.loads((tmp_path / "prior" / "results.json").read_text())
-    assert results["decoding"] == {"temperature": 0.7, "top_p": 0.9, "samples": 2, "max_new_tokens": 4}
+    assert results["decoding"] == {"temperature": 0.7, "top_p": 0.9, "samples": 2, "max_new_tokens": 4, "backend": "hf"}
 
 
 def test_the_decoding_phrase_says_greedy_only_at_temperature_zero():
