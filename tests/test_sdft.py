@@ -12,6 +12,7 @@ from conftest import qa_records
 from sdft.adapters import wrap_with_lora
 from sdft.config import ModelConfig, load_config
 from sdft.errors import UserError
+from sdft.methods import loop
 from sdft.methods import sdft as sdft_method
 from sdft.generation.base import completion_from_tokens, left_pad, prompt_pass
 from sdft.generation.native import NativeBackend, sample_token
@@ -228,7 +229,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir
         stage = make_stage(tiny_model_dir, task, run_dir, f"train.teacher={teacher}", f"train.lora_ema={lora_ema}", lora=lora,
                            resume=resume)
         if stop_after is not None:
-            monkeypatch.setattr(sdft_method, "graceful_interrupt", _stop_after(stop_after))
+            monkeypatch.setattr(loop, "graceful_interrupt", _stop_after(stop_after))
             with pytest.raises(KeyboardInterrupt):
                 sdft_method.train_sdft(stage)
             monkeypatch.undo()
