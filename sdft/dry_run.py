@@ -10,13 +10,13 @@ at the length caps, and a rough memory estimate from the model's shapes (built o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdft.config import Config
 from sdft.errors import UserError
 from sdft.judge import judge_problem
+from sdft.methods.registry import METHODS, method_of
 from sdft.scoring import is_judged
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 
@@ -164,25 +164,36 @@ def memory_lines(cfg: Config, shapes: ModelShapes) -> list[str]:
     trainable = sum(v for k, v in shapes.lora_params.items() if k in cfg.lora.target_modules) * cfg.lora.r if lora else shapes.params
     parts = {"weights": shapes.params * size, "gradients": trainable * size,
              "AdamW states (2 per trainable parameter, its dtype)": 2 * trainable * size}
-    if train.method == "sdft" and train.teacher in ("frozen", "ema") and not lora:
-        parts["teacher copy"] = shapes.params * size
-        if train.teacher == "ema":
-            parts["EMA shadow (fp32)"] = shapes.params * 4
-    elif train.method == "sdft" and train.teacher == "ema" and train.lora_ema == "adapter":
-        parts["EMA shadow of the adapters (fp32)"] = trainable * 4
-    elif train.method == "sdft" and train.teacher == "ema":
-        covered = sum(v for k, v in shapes.linear_weights.items() if k in cfg.lora.target_modules)
-        parts["EMA shadow of the adapted layers' updates (fp32, train.lora_ema=update)"] = covered * 4
+    method = method_of(cfg)
+    if method.teacher:
+        parts.update(teacher_memory(cfg, shapes, trainable))
     micro = max(1, train.batch_size // train.gradient_accumulation)
-    seq = (train.max_completion_tokens if train.method == "cpt" else train.max_prompt_tokens + train.max_completion_tokens)
+    seq = method.sequence_tokens(train)
     per_token = ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * shapes.layers * shapes.hidden * size / 2
     parts[f"activations ({micro} x {seq} tokens, no recomputation)"] = micro * seq * per_token
-    logits_copies = 3 if train.method == "sdft" else 1  # sdft: student logits, their gradient, teacher logits
-    parts[f"logits ({logits_copies} x [{micro}, {seq}, {shapes.vocab}])"] = logits_copies * micro * seq * shapes.vocab * size
+    copies = method.logits_copies
+    parts[f"logits ({copies} x [{micro}, {seq}, {shapes.vocab}])"] = copies * micro * seq * shapes.vocab * size
     lines = [f"  {name}: {_size(value)}" for name, value in parts.items()]
     lines.append(f"  total, rough: {_size(sum(parts.values()))} per device (rollout generation's KV cache "
                  "and allocator overhead not counted)")
     return lines
+
+
+def teacher_memory(cfg: Config, shapes: ModelShapes, trainable: int) -> dict[str, float]:
+    """What the SDFT teacher adds (methods/teacher.py's table): with LoRA, frozen costs nothing (the adapter is
+    disabled) and EMA one fp32 shadow of what it averages; full fine-tuning keeps a copy of the model."""
+    train, size = cfg.train, _BYTES[cfg.model.dtype]
+    if train.teacher == "live":
+        return {}
+    if not cfg.lora.enabled:
+        parts = {"teacher copy": shapes.params * size}
+        return parts | ({"EMA shadow (fp32)": shapes.params * 4} if train.teacher == "ema" else {})
+    if train.teacher == "frozen":
+        return {}
+    if train.lora_ema == "adapter":
+        return {"EMA shadow of the adapters (fp32)": trainable * 4}
+    covered = sum(v for k, v in shapes.linear_weights.items() if k in cfg.lora.target_modules)
+    return {"EMA shadow of the adapted layers' updates (fp32, train.lora_ema=update)": covered * 4}
 
 
 def _size(n_bytes: float) -> str:
@@ -205,45 +216,55 @@ def offline_tokenizer(cfg: Config):
 
 
 def length_lines(cfg: Config, task, tokenizer) -> tuple[list[str], list[str]]:
-    """(lines, problems): how many training rows exceed each length cap; with train.overlong_prompts 'error'
-    any such row is a problem (the run would stop on it)."""
-    from sdft.prompts import render_prompt, teacher_prompt
+    """(lines, problems): how many training rows exceed each length cap the method's rows meet (the caps training
+    checks, methods/tokens.py); with train.overlong_prompts 'error' any such row is a problem (the run would stop on
+    the first)."""
+    from sdft.methods.tokens import CAP_KEYS
 
     if tokenizer.chat_template is None:
         return ["  prompt lengths: not checked (the tokenizer has no chat template)"], []
     t = cfg.train
-    rows = task.split(t.split)[: t.max_rows] if t.max_rows else task.split(t.split)
-    count = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
-    checks = {"max_prompt_tokens": (count([render_prompt(tokenizer, r.prompt, task.system_prompt) for r in rows]), t.max_prompt_tokens)}
-    if t.method == "sdft":
-        teacher = [render_prompt(tokenizer, teacher_prompt(r.prompt, r.demonstration), task.system_prompt) for r in rows]
-        checks["max_teacher_prompt_tokens"] = (count(teacher), t.max_teacher_prompt_tokens)
-    elif t.method in ("sft", "dft"):
-        checks["max_completion_tokens (demonstration + eos)"] = ([n + 1 for n in count([r.demonstration for r in rows])], t.max_completion_tokens)
+    measured = _row_lengths(task.rows(t.split, t.max_rows), task, tokenizer, method_of(cfg).caps)
     lines, problems = [], []
-    for name, (lengths, cap) in checks.items():
+    for measure, lengths in measured.items():
+        name, cap = CAP_KEYS[measure], getattr(t, CAP_KEYS[measure])
+        label = f"{name} (demonstration + eos)" if measure == "completion" else name
         over = sum(n > cap for n in lengths)
-        lines.append(f"  train.{name} {cap}: longest {max(lengths, default=0)}, {over} of {len(lengths)} rows over")
+        lines.append(f"  train.{label} {cap}: longest {max(lengths, default=0)}, {over} of {len(lengths)} rows over")
         if over and t.overlong_prompts == "error":
-            problems.append(f"{task.name}: {over} training rows exceed train.{name}={cap}; the run would stop on "
+            problems.append(f"{task.name}: {over} training rows exceed train.{label}={cap}; the run would stop on "
                             "the first (raise the cap or set train.overlong_prompts=skip)")
     return lines, problems
 
 
+def _row_lengths(rows, task, tokenizer, caps: tuple[str, ...]) -> dict[str, list[int]]:
+    """Token counts per measure (prompt, teacher, completion), as the trainers tokenise them."""
+    from sdft.prompts import render_prompt, teacher_prompt
+
+    count = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []  # noqa: E731
+    texts = {"prompt": lambda r: render_prompt(tokenizer, r.prompt, task.system_prompt),
+             "teacher": lambda r: render_prompt(tokenizer, teacher_prompt(r.prompt, r.demonstration), task.system_prompt),
+             "completion": lambda r: r.demonstration}
+    lengths = {measure: count([texts[measure](r) for r in rows]) for measure in caps}
+    if "completion" in lengths:
+        lengths["completion"] = [n + 1 for n in lengths["completion"]]  # the eos token SFT appends
+    return lengths
+
+
 def _stage_plan(cfg: Config, task, shapes: ModelShapes | str, tokenizer) -> StagePlan:
-    train = cfg.train
-    rows = _units(cfg, task, tokenizer)
+    train, method = cfg.train, method_of(cfg)
+    units = method.count_units(cfg, task, tokenizer) if task is not None else None
     if train.epochs is None:
         steps, how = train.steps, f"{train.steps} (train.steps)"
-    elif rows is None:
-        steps, how = None, f"{train.epochs:g} epochs x rows / {train.batch_size} (rows known once the data is read)"
+    elif units is None:
+        steps, how = None, f"{train.epochs:g} epochs x {method.unit} / {train.batch_size} ({method.unit} known once the data is read)"
     else:
-        steps = max(1, math.ceil(train.epochs * rows / train.batch_size))
-        how = f"{steps} = ceil({train.epochs:g} epochs x {rows} {'blocks' if train.method == 'cpt' else 'rows'} / {train.batch_size})"
-    plan = StagePlan(train.task, train.method, task.source if task else "hub (not fetched)", rows, steps)
+        steps = method.steps(train, units)
+        how = f"{steps} = ceil({train.epochs:g} epochs x {units} {method.unit.split()[-1]} / {train.batch_size})"
+    plan = StagePlan(train.task, train.method, task.source if task else "hub (not fetched)", units, steps)
     plan.lines.append(f"  optimizer steps: {how}")
-    plan.lines.extend(_token_lines(cfg))
-    if task is not None and tokenizer is not None and cfg.train.method != "cpt":
+    plan.lines.append(f"  tokens per step, at the caps: {method.tokens_per_step(train)}")
+    if task is not None and tokenizer is not None and method.caps:
         lines, plan.problems = length_lines(cfg, task, tokenizer)
         plan.lines.extend(lines)
     if isinstance(shapes, ModelShapes):
@@ -252,36 +273,13 @@ def _stage_plan(cfg: Config, task, shapes: ModelShapes | str, tokenizer) -> Stag
     return plan
 
 
-def _units(cfg: Config, task, tokenizer) -> int | None:
-    if task is None:
-        return None
-    if cfg.train.method == "cpt":  # corpus blocks: counted with the tokenizer when it is on disk
-        from sdft.methods.cpt import corpus_blocks
-
-        return len(corpus_blocks(task, tokenizer, cfg.train.max_completion_tokens)) if tokenizer else None
-    rows = task.split(cfg.train.split)
-    return len(rows[: cfg.train.max_rows] if cfg.train.max_rows else rows)
-
-
-def _token_lines(cfg: Config) -> list[str]:
-    t = cfg.train
-    if t.method == "sdft":
-        return [f"  tokens per step, at the caps: {t.batch_size} rollouts of <= {t.max_completion_tokens} generated; "
-                f"student forward+backward <= {t.batch_size * (t.max_prompt_tokens + t.max_completion_tokens):,}; "
-                f"teacher forward <= {t.batch_size * (t.max_teacher_prompt_tokens + t.max_completion_tokens):,}"]
-    if t.method == "cpt":
-        return [f"  tokens per step: <= {t.batch_size * t.max_completion_tokens:,} ({t.batch_size} corpus blocks)"]
-    return [f"  tokens per step, at the caps: <= {t.batch_size * (t.max_prompt_tokens + t.max_completion_tokens):,} "
-            f"({t.batch_size} prompts + demonstrations)"]
-
-
 def print_dry_run(report: DryRun, console) -> None:
     console.print("[bold]dry run[/] (nothing is loaded or trained)")
     for line in report.model:
         console.print(line)
     for stage in report.stages:
         rows = "?" if stage.rows is None else stage.rows
-        unit = "corpus blocks" if stage.method == "cpt" else "training rows"
+        unit = "training rows" if METHODS[stage.method].unit == "rows" else METHODS[stage.method].unit
         console.print(f"[bold]{stage.method}[/] on {stage.task}: {rows} {unit} from {stage.data}")
         for line in stage.lines:
             console.print(line)

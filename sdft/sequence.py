@@ -23,19 +23,18 @@ from pathlib import Path
 
 import yaml
 
-from sdft.adapters import merge_and_save, wrap_with_lora
+from sdft.adapters import merge_and_save
 from sdft.config import Config, ModelConfig, config_to_dict, load_config
 from sdft.config.mapping import apply_override
 from sdft.console import console
 from sdft.errors import UserError
 from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95
-from sdft.methods.stage import Stage
 from sdft.eval_service import EvalService, world_of
 from sdft.models import LoadedModel, load_model, resolve_device
-from sdft.runs import atomic_write_json, read_json, write_lineage, write_run_header
+from sdft.runs import atomic_write_json, read_json, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 from sdft.tasks.spec import TaskSpec
-from sdft.train_run import trainer_for
+from sdft.train_run import open_stage, train_stage
 
 
 @dataclass
@@ -119,13 +118,10 @@ def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[di
 
 def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, stage_dir: Path, model_cfg: ModelConfig) -> dict:
     cfg = dataclasses.replace(stage_config(plan.cfg, task.name, method, seed), model=model_cfg)
-    loaded = load_model(cfg.model)
-    if cfg.lora.enabled:
-        loaded.model = wrap_with_lora(loaded.model, cfg.lora)
     resume = any((stage_dir / "checkpoints").glob("*-*"))
-    write_run_header(stage_dir, cfg, "sequence-stage", str(loaded.device))
-    write_lineage(stage_dir, model_cfg.name_or_path, task.name, method)
-    trainer_for(cfg)(Stage(cfg, loaded, task, stage_dir, resume))
+    stage = open_stage(cfg, task, stage_dir, "sequence-stage", resume)
+    loaded = stage.loaded
+    train_stage(stage)
     if cfg.lora.enabled:
         loaded.model = _merge(loaded, _stage_model_dir(cfg, stage_dir))
     return plan.service.score(loaded, plan.tasks, seed=seed)  # the chain's seed, as its training

@@ -4,14 +4,13 @@ write results.json {"task", "method", "before", "after", ...} into the run folde
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
-from typing import Callable
 
 from sdft.adapters import wrap_with_lora
 from sdft.config import Config
 from sdft.errors import UserError
 from sdft.methods.harness import StageResult
+from sdft.methods.registry import method_of
 from sdft.methods.stage import Stage
 from sdft.models import load_model, process_state
 from sdft.eval_service import EvalService, require_judge, world_of
@@ -21,54 +20,33 @@ from sdft.tasks.registry import load_tasks, require_known, task_registry
 BEFORE_FILE = "eval_before.json"
 
 
-def trainer_for(cfg: Config) -> Callable[[Stage], StageResult]:
-    """The training function for (engine, method), with train.epochs turned into steps for the stage's data."""
-    train = _trainer(cfg)
+def open_stage(cfg: Config, task, run_dir: Path, command: str, resume: bool, main: bool = True) -> Stage:
+    """A stage ready to train: its start model loaded, train.epochs turned into steps for its data, and (on the main
+    process) config.yaml, env.json and lineage.json written. `sdft train` and every stage of `sdft sequence` start
+    here."""
+    loaded = load_model(cfg.model)
+    cfg = with_epochs_as_steps(cfg, task, loaded.tokenizer)  # config.yaml then shows the steps that run
+    if main:
+        write_run_header(run_dir, cfg, command, str(loaded.device))
+        write_lineage(run_dir, cfg.model.name_or_path, task.name, cfg.train.method)
+    return Stage(cfg, loaded, task, run_dir, resume)
 
-    def run(stage: Stage) -> StageResult:
-        cfg = with_epochs_as_steps(stage.cfg, stage.task, stage.loaded.tokenizer)
-        return train(dataclasses.replace(stage, cfg=cfg))
 
-    return run
+def train_stage(stage: Stage) -> StageResult:
+    """Wrap the model with fresh LoRA adapters when lora.enabled, then train with the method's engine."""
+    if stage.cfg.lora.enabled:
+        stage.loaded.model = wrap_with_lora(stage.loaded.model, stage.cfg.lora)
+    return method_of(stage.cfg).trainer(stage.cfg.train.engine)(stage)
 
 
 def with_epochs_as_steps(cfg: Config, task, tokenizer) -> Config:
-    """cfg with train.steps = ceil(epochs x units / batch_size) when train.epochs is set (units: rows, or
-    corpus blocks for cpt); unchanged otherwise."""
+    """cfg with train.steps = ceil(epochs x units / batch_size) when train.epochs is set (units: what the method's
+    epoch passes over, methods/registry.py); unchanged otherwise."""
     if cfg.train.epochs is None:
         return cfg
-    units = training_units(cfg, task, tokenizer)
-    steps = max(1, math.ceil(cfg.train.epochs * units / cfg.train.batch_size))
+    method = method_of(cfg)
+    steps = method.steps(cfg.train, method.count_units(cfg, task, tokenizer))
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
-
-
-def training_units(cfg: Config, task, tokenizer) -> int:
-    """What one epoch passes over: the training rows, or for cpt the corpus blocks."""
-    if cfg.train.method == "cpt":
-        from sdft.methods.cpt import corpus_blocks
-
-        return len(corpus_blocks(task, tokenizer, cfg.train.max_completion_tokens))
-    rows = task.split(cfg.train.split)
-    return len(rows[: cfg.train.max_rows] if cfg.train.max_rows else rows)
-
-
-def _trainer(cfg: Config) -> Callable[[Stage], StageResult]:
-    # Imported lazily: TRL is slow to import.
-    if cfg.train.method == "cpt":
-        from sdft.methods.cpt import train_cpt
-
-        return train_cpt
-    if cfg.train.engine == "trl":
-        from sdft.methods.trl_engine import train_trl_sdft
-
-        return train_trl_sdft
-    if cfg.train.method == "sdft":
-        from sdft.methods.sdft import train_sdft
-
-        return train_sdft
-    from sdft.methods.sft import train_sft
-
-    return train_sft
 
 
 def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> tuple[dict, Path]:
@@ -86,24 +64,18 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     if cfg.train.evaluate:
         require_judge(cfg, [task, *general])
     run_dir = new_run_dir(output, "train", cfg)
-    loaded = load_model(cfg.model)
-    cfg = with_epochs_as_steps(cfg, task, loaded.tokenizer)  # config.yaml then shows the steps that run
-    evaluate = cfg.train.evaluate and main
-    if main:
-        write_run_header(run_dir, cfg, "train", str(loaded.device))
-        write_lineage(run_dir, cfg.model.name_or_path, task.name, cfg.train.method)
+    stage = open_stage(cfg, task, run_dir, "train", resume, main)
+    cfg, evaluate = stage.cfg, cfg.train.evaluate and main
     service = EvalService(cfg, general)
-    before = _before(loaded, service, task, run_dir) if evaluate else None
-    if cfg.lora.enabled:
-        loaded.model = wrap_with_lora(loaded.model, cfg.lora)
-    result = trainer_for(cfg)(Stage(cfg, loaded, task, run_dir, resume))
-    after = service.score(loaded, [task]) if evaluate else None
+    before = _before(stage.loaded, service, task, run_dir) if evaluate else None
+    result = train_stage(stage)
+    after = service.score(stage.loaded, [task]) if evaluate else None
     results = {
         "task": task.name,
         "task_version": task.version,
         "method": cfg.train.method,
         "engine": cfg.train.engine,
-        "teacher": cfg.train.teacher if cfg.train.method == "sdft" else None,
+        "teacher": cfg.train.teacher if method_of(cfg).teacher else None,
         "model": cfg.model.name_or_path,
         "world": world_of(cfg.model.name_or_path, [task, *general]),
         "steps": result.steps,

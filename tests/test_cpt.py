@@ -4,6 +4,7 @@ counts blocks, and a task without a corpus is refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sdft.methods.stage import Stage
 from sdft.models import load_model
 from sdft.tasks.paper.knowledge import load_knowledge
 from sdft.tasks.spec import Row, TaskSpec
-from sdft.train_run import trainer_for
+from sdft.train_run import train_stage, with_epochs_as_steps
 
 FIXTURES = Path(__file__).parent / "fixtures" / "paper"
 BLOCK = 64
@@ -74,7 +75,8 @@ def test_cpt_lowers_the_corpus_loss_and_moves_every_weight(tmp_path, tiny_model_
 def test_epochs_count_corpus_blocks(tmp_path, tiny_model_dir, knowledge):
     stage = stage_for(tmp_path, tiny_model_dir, knowledge, "train.epochs=1")
     blocks = len(corpus_blocks(knowledge, stage.loaded.tokenizer, BLOCK))
-    result = trainer_for(stage.cfg)(stage)
+    stage = dataclasses.replace(stage, cfg=with_epochs_as_steps(stage.cfg, stage.task, stage.loaded.tokenizer))
+    result = train_stage(stage)
     assert result.steps == math.ceil(blocks / 4)
 
 

@@ -102,3 +102,26 @@ def test_sampled_evaluation_reports_pass_at_k(setup):
     assert set(result.pass_at_k) == {"pass@1", "pass@2", "pass@4"}
     assert result.pass_at_k["pass@1"] == pytest.approx(result.accuracy)
     assert result.pass_at_k["pass@1"] <= result.pass_at_k["pass@2"] <= result.pass_at_k["pass@4"]
+
+
+def test_one_service_builds_its_judge_once(setup, monkeypatch):
+    """A local judge model loads once per run, not at every evaluation (every row of a sequence's matrix)."""
+    from sdft import eval_service
+    from sdft.judge import Grade
+
+    cfg, loaded, task = setup
+    judged = dataclasses.replace(task, scorer="judge_medical")
+    built = []
+
+    class FakeJudge:
+        identity, malformed = "fake", 0
+
+        def grade_many(self, rubric, items):
+            return [Grade("CORRECT", {"score": 1.0}) for _ in items]
+
+    monkeypatch.setattr(eval_service, "make_judge", lambda *args: built.append(args) or FakeJudge())
+    monkeypatch.setattr(eval_service, "require_judge", lambda cfg, tasks: None)
+    service = EvalService(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, cache=False)), [])
+    for _ in range(3):
+        assert service.score(loaded, [judged])["scores"]["doubling"]["accuracy"] == 1.0
+    assert len(built) == 1

@@ -102,3 +102,36 @@ def test_a_kill_mid_stage_then_the_same_command_gives_the_uninterrupted_results(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     first_stage = load_file(str(tmp_path / "a" / "sdft/seed-0/stage-1-doubling/model/model.safetensors"))
     assert any(not torch.equal(a[k], first_stage[k]) for k in a)  # stage 2 really trained
+
+
+def test_the_base_model_is_freed_after_row_0_and_not_loaded_when_base_json_exists(sequence_config, tmp_path, monkeypatch):
+    """Row 0 loads the base model only to evaluate it: no reference to it outlives the row (a 7B base would hold 15 GB
+    for the whole sequence), and a sequence that already has base.json does not load it for row 0 at all."""
+    import gc
+    import weakref
+
+    from sdft import sequence, train_run
+
+    loaded_models, alive_at_stage_start = [], []
+    real_load, real_open = sequence.load_model, train_run.open_stage
+
+    def tracked_load(model_cfg):
+        loaded = real_load(model_cfg)
+        loaded_models.append(weakref.ref(loaded.model))
+        return loaded
+
+    def stage_start(*args, **kwargs):
+        gc.collect()
+        alive_at_stage_start.extend(ref() is not None for ref in loaded_models)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(sequence, "load_model", tracked_load)
+    monkeypatch.setattr(sequence, "open_stage", stage_start)
+    cfg = sequence_config("tasks=[doubling]")
+    run_sequence(plan_sequence(cfg, tmp_path / "run"))
+    assert len(loaded_models) == 1 and alive_at_stage_start == [False]
+
+    loaded_models.clear()
+    rerun = sequence_config("tasks=[doubling]", "sequence.seeds=[1]")  # a new chain beside the finished one
+    run_sequence(plan_sequence(rerun, tmp_path / "run"))
+    assert loaded_models == []  # base.json was there: row 0 was read, not recomputed

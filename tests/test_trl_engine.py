@@ -183,3 +183,23 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_model_dir, task, 
             torch.testing.assert_close(have[name], want[name], atol=0, rtol=0)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize("setting", ["train.loss.top_k=5", "train.capped_completions_in_loss=false",
+                                     "train.rollout.backend=hf"])
+def test_settings_trl_cannot_express_stop_before_any_model_loads_and_in_the_dry_run(tmp_path, monkeypatch, setting):
+    from typer.testing import CliRunner
+
+    from sdft import models
+    from sdft.cli import app
+
+    key = setting.split("=")[0]
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        load_config(None, ["train.engine=trl", setting])
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    config = tmp_path / "trl.yaml"
+    config.write_text("train: {engine: trl}\n")
+    for extra in (["--dry-run"], ["--output", str(tmp_path / "run")]):
+        result = CliRunner().invoke(app, ["train", str(config), "--set", setting, *extra], prog_name="sdft")
+        assert result.exit_code == 1 and key in result.output
+    assert not (tmp_path / "run").exists()

@@ -20,6 +20,7 @@ from sdft.errors import UserError
 from sdft.methods.harness import (MetricsLog, StageResult, build_optimizer, build_scheduler, graceful_interrupt,
                                   per_device_batch_size, require_same_device, save_model)
 from sdft.methods.hf_trainer import CHECKPOINT_PREFIX, MetricsCallback, checkpoint_step, resume_checkpoint
+from sdft.methods.registry import method_of
 from sdft.methods.stage import Stage
 from sdft.models import process_state
 
@@ -96,7 +97,7 @@ def sft_config(stage: Stage):
     cfg, train, device = stage.cfg, stage.cfg.train, stage.loaded.device
     return SFTConfig(
         output_dir=str(stage.checkpoint_dir),
-        loss_type="dft" if train.method == "dft" else "nll",
+        loss_type=method_of(cfg).hf_loss_type,
         max_steps=train.steps,
         per_device_train_batch_size=per_device_batch_size(train, process_state(cfg.model).num_processes),
         gradient_accumulation_steps=train.gradient_accumulation,
