@@ -219,12 +219,12 @@ def length_lines(cfg: Config, task, tokenizer) -> tuple[list[str], list[str]]:
     """(lines, problems): how many training rows exceed each length cap the method's rows meet (the caps training
     checks, methods/tokens.py); with train.overlong_prompts 'error' any such row is a problem (the run would stop on
     the first)."""
-    from sdft.methods.tokens import CAP_KEYS
+    from sdft.methods.tokens import CAP_KEYS, row_lengths
 
     if tokenizer.chat_template is None:
         return ["  prompt lengths: not checked (the tokenizer has no chat template)"], []
     t = cfg.train
-    measured = _row_lengths(task.rows(t.split, t.max_rows), task, tokenizer, method_of(cfg).caps)
+    measured = row_lengths(task.rows(t.split, t.max_rows), task, tokenizer, method_of(cfg).caps)
     lines, problems = [], []
     for measure, lengths in measured.items():
         name, cap = CAP_KEYS[measure], getattr(t, CAP_KEYS[measure])
@@ -235,20 +235,6 @@ def length_lines(cfg: Config, task, tokenizer) -> tuple[list[str], list[str]]:
             problems.append(f"{task.name}: {over} training rows exceed train.{label}={cap}; the run would stop on "
                             "the first (raise the cap or set train.overlong_prompts=skip)")
     return lines, problems
-
-
-def _row_lengths(rows, task, tokenizer, caps: tuple[str, ...]) -> dict[str, list[int]]:
-    """Token counts per measure (prompt, teacher, completion), as the trainers tokenise them."""
-    from sdft.prompts import render_prompt, teacher_prompt
-
-    count = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []  # noqa: E731
-    texts = {"prompt": lambda r: render_prompt(tokenizer, r.prompt, task.system_prompt),
-             "teacher": lambda r: render_prompt(tokenizer, teacher_prompt(r.prompt, r.demonstration), task.system_prompt),
-             "completion": lambda r: r.demonstration}
-    lengths = {measure: count([texts[measure](r) for r in rows]) for measure in caps}
-    if "completion" in lengths:
-        lengths["completion"] = [n + 1 for n in lengths["completion"]]  # the eos token SFT appends
-    return lengths
 
 
 def _stage_plan(cfg: Config, task, shapes: ModelShapes | str, tokenizer) -> StagePlan:

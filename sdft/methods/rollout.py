@@ -19,8 +19,7 @@ from torch import Tensor
 
 from sdft.config import TrainConfig
 from sdft.generation.base import CACHE_KWARG, PromptPass, Rollout
-from sdft.methods.tokens import rows_within_caps
-from sdft.prompts import render_prompt, teacher_prompt
+from sdft.methods.tokens import rows_within_caps, student_prompt_ids, teacher_prompt_ids
 from sdft.tasks.spec import Row, TaskSpec
 
 
@@ -36,17 +35,10 @@ class PreparedRow:
 def prepare_rows(rows: list[Row], task: TaskSpec, tokenizer, cfg: TrainConfig) -> list[PreparedRow]:
     """Tokenise every row's prompts (the student's and the teacher's), checked against their caps by
     tokens.rows_within_caps: an error naming the row, or a skipped row, counted. Nothing is ever truncated."""
-    prepared = []
-    for row in rows:
-        student = _encode(tokenizer, render_prompt(tokenizer, row.prompt, task.system_prompt))
-        teacher = _encode(tokenizer, render_prompt(tokenizer, teacher_prompt(row.prompt, row.demonstration), task.system_prompt))
-        prepared.append(PreparedRow(row, student, teacher))
-    lengths = [{"prompt": len(r.student_ids), "teacher": len(r.teacher_ids)} for r in prepared]
-    return [prepared[i] for i in rows_within_caps(task.name, cfg, lengths)]
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    students = student_prompt_ids(tokenizer, rows, task.system_prompt)
+    teachers = teacher_prompt_ids(tokenizer, rows, task.system_prompt)
+    lengths = [{"prompt": len(s), "teacher": len(t)} for s, t in zip(students, teachers)]
+    return [PreparedRow(rows[i], students[i], teachers[i]) for i in rows_within_caps(task.name, cfg, lengths)]
 
 
 def has_active_dropout(model) -> bool:

@@ -29,6 +29,5 @@ class Stage:
         return self.run_dir / "model"
 
     def train_rows(self) -> list[Row]:
-        rows = self.task.split(self.cfg.train.split)
-        return rows[: self.cfg.train.max_rows] if self.cfg.train.max_rows else rows
+        return self.task.rows(self.cfg.train.split, self.cfg.train.max_rows)
 

@@ -37,21 +37,21 @@ class Teacher:
     def __init__(self, model: torch.nn.Module):
         self.student = model
 
-    def _weights(self) -> contextlib.AbstractContextManager:
-        """A context in which `self._model()` computes with the teacher's weights."""
+    def weights(self) -> contextlib.AbstractContextManager:
+        """A context in which `self.module()` computes with the teacher's weights."""
         return contextlib.nullcontext()
 
-    def _model(self) -> torch.nn.Module:
+    def module(self) -> torch.nn.Module:
         return self.student
 
     @torch.no_grad()
     def logits(self, prompt_ids: Tensor, prompt_mask: Tensor, rollout: Rollout) -> Tensor:
         """In eval mode: the teacher's targets carry no dropout (LoRA's or the model's), whichever module runs them."""
-        model = self._model()
+        model = self.module()
         was_training = model.training
         model.eval()
         try:
-            with self._weights():
+            with self.weights():
                 return completion_logits(model, prompt_ids, prompt_mask, rollout)
         finally:
             model.train(was_training)
@@ -75,7 +75,7 @@ class FrozenCopyTeacher(Teacher):
         super().__init__(model)
         self.copy = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def _model(self) -> torch.nn.Module:
+    def module(self) -> torch.nn.Module:
         return self.copy
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -90,7 +90,7 @@ class FrozenAdapterTeacher(Teacher):
 
     SETTING = "train.teacher=frozen with LoRA"
 
-    def _weights(self) -> contextlib.AbstractContextManager:
+    def weights(self) -> contextlib.AbstractContextManager:
         return self.student.disable_adapter()
 
 
@@ -145,7 +145,7 @@ class EmaAdapterTeacher(Teacher):
         torch._foreach_add_(shadows, [p.detach().float() for p in self.adapter.values()], alpha=self.rate)
 
     @contextlib.contextmanager
-    def _weights(self):
+    def weights(self):
         student = {name: p.data for name, p in self.adapter.items()}
         try:
             for name, p in self.adapter.items():
@@ -182,7 +182,7 @@ class EmaUpdateTeacher(Teacher):
             self.shadow[name].mul_(1.0 - self.rate).add_(effective_update(layer), alpha=self.rate)
 
     @contextlib.contextmanager
-    def _weights(self):
+    def weights(self):
         undo = [_run_with_update(layer.base_layer, self.shadow[name]) for name, layer in self.layers.items()]
         try:
             with self.student.disable_adapter():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sdft.errors import UserError
-from sdft.prompts import render_prompt
+from sdft.prompts import render_prompt, teacher_prompt
 
 IGNORE = -100
 """The label of a token that carries no loss (the ignore_index of torch's cross-entropy)."""
@@ -25,6 +25,31 @@ def prompt_completion_ids(tokenizer, prompts: Sequence[str], completions: Sequen
     prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
     return [(prompt, [*completion, tokenizer.eos_token_id]) for prompt, completion in zip(prompt_ids, completion_ids)]
+
+
+def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of rendered texts: the chat template already holds every special token, so none is added."""
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+
+def student_prompt_ids(tokenizer, rows, system_prompt: str | None) -> list[list[int]]:
+    """Each row's prompt as the student sees it (the plain question in the chat template)."""
+    return encode(tokenizer, [render_prompt(tokenizer, r.prompt, system_prompt) for r in rows])
+
+
+def teacher_prompt_ids(tokenizer, rows, system_prompt: str | None) -> list[list[int]]:
+    """Each row's prompt as the SDFT teacher sees it (question + demonstration, sdft.prompts.teacher_prompt)."""
+    return encode(tokenizer, [render_prompt(tokenizer, teacher_prompt(r.prompt, r.demonstration), system_prompt)
+                              for r in rows])
+
+
+def row_lengths(rows, task, tokenizer, measures: Sequence[str]) -> dict[str, list[int]]:
+    """Token counts per measure ('prompt', 'teacher', 'completion' = demonstration + eos), tokenised as the trainers
+    tokenise them: what the dry run compares with the caps."""
+    counts = {"prompt": lambda: student_prompt_ids(tokenizer, rows, task.system_prompt),
+              "teacher": lambda: teacher_prompt_ids(tokenizer, rows, task.system_prompt),
+              "completion": lambda: [[*ids, tokenizer.eos_token_id] for ids in encode(tokenizer, [r.demonstration for r in rows])]}
+    return {measure: [len(ids) for ids in counts[measure]()] for measure in measures}
 
 
 def masked_example(prompt_ids: list[int], completion_ids: list[int]) -> dict[str, list[int]]:

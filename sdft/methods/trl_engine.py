@@ -220,10 +220,10 @@ def _trainer_class():
             super().__init__(*args, **kwargs)
 
         def _setup_teacher_model(self) -> None:
-            self.teacher_model = self.sdft_teacher._model()
+            self.teacher_model = self.sdft_teacher.module()
 
         def _get_teacher_context_for_self_distillation(self):
-            return self.sdft_teacher._weights()
+            return self.sdft_teacher.weights()
 
         def _get_train_sampler(self, dataset=None):
             return EpochSeeded(super()._get_train_sampler(dataset))
