@@ -113,7 +113,7 @@ def eval_(
     limit: LimitOption = None,
     prior_tasks: Annotated[bool, typer.Option(help="Evaluate a run on every task of its lineage and the general suite, next to its base model.")] = False,
 ) -> None:
-    """Evaluate a model on tasks (greedy, batched) and on the general-capability suite."""
+    """Evaluate a model on tasks (greedy by default, batched) and on the general-capability suite."""
     from sdft.run_eval import plan_evaluation, run_eval
     from sdft.report import eval_table
 
