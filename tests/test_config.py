@@ -1,5 +1,7 @@
 """Strict configs: defaults, YAML, overrides, and one clear message per mistake."""
 
+import re
+
 import pytest
 import yaml
 
@@ -74,3 +76,26 @@ def test_resolved_config_in_run_folder_holds_every_default(tmp_path):
     assert load_config(run_dir / "config.yaml") == cfg  # a resolved config loads back to the same config
     env = (run_dir / "env.json").read_text()
     assert '"torch"' in env and '"seed": 0' in env
+
+
+def test_the_config_imports_no_torch():
+    """`sdft --help` and every config error stay fast: the knobs import no torch (nor transformers)."""
+    import subprocess
+    import sys
+
+    code = "import sys, sdft.config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_a_renamed_key_names_its_new_home():
+    for old, new in [("eval.generation.temperature=0.5", "eval.sampling.temperature"),
+                     ("eval.generation.batch_size=4", "eval.batch_size"), ("lora.ema=update", "train.lora_ema"),
+                     ("train.rollout_top_p=0.9", "train.rollout.top_p")]:
+        with pytest.raises(UserError, match=f"was renamed: use {re.escape(new)}"):
+            load_config(None, [old])
+
+
+def test_the_default_general_suite_is_the_embedded_prior_skills():
+    from sdft.tasks.embedded import PRIOR_SKILLS
+
+    assert load_config().eval.general == list(PRIOR_SKILLS)
