@@ -166,7 +166,7 @@ def memory_lines(cfg: Config, shapes: ModelShapes) -> list[str]:
              "AdamW states (2 per trainable parameter, its dtype)": 2 * trainable * size}
     method = method_of(cfg)
     if method.teacher:
-        parts.update(teacher_memory(cfg, shapes, trainable))
+        parts.update(teacher_memory(cfg, method.teacher_kind(train), shapes, trainable))
     micro = max(1, train.batch_size // train.gradient_accumulation)
     seq = method.sequence_tokens(train)
     per_token = ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * shapes.layers * shapes.hidden * size / 2
@@ -179,16 +179,16 @@ def memory_lines(cfg: Config, shapes: ModelShapes) -> list[str]:
     return lines
 
 
-def teacher_memory(cfg: Config, shapes: ModelShapes, trainable: int) -> dict[str, float]:
-    """What the SDFT teacher adds (methods/teacher.py's table): with LoRA, frozen costs nothing (the adapter is
-    disabled) and EMA one fp32 shadow of what it averages; full fine-tuning keeps a copy of the model."""
+def teacher_memory(cfg: Config, kind: str, shapes: ModelShapes, trainable: int) -> dict[str, float]:
+    """What a teacher of `kind` (frozen / ema / live) adds (methods/teacher.py's table): with LoRA, frozen costs
+    nothing (the adapter is disabled) and EMA one fp32 shadow of what it averages; full fine-tuning keeps a copy."""
     train, size = cfg.train, _BYTES[cfg.model.dtype]
-    if train.teacher == "live":
+    if kind == "live":
         return {}
     if not cfg.lora.enabled:
         parts = {"teacher copy": shapes.params * size}
-        return parts | ({"EMA shadow (fp32)": shapes.params * 4} if train.teacher == "ema" else {})
-    if train.teacher == "frozen":
+        return parts | ({"EMA shadow (fp32)": shapes.params * 4} if kind == "ema" else {})
+    if kind == "frozen":
         return {}
     if train.lora_ema == "adapter":
         return {"EMA shadow of the adapters (fp32)": trainable * 4}

@@ -118,7 +118,7 @@ def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[di
 
 def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, stage_dir: Path, model_cfg: ModelConfig) -> dict:
     cfg = dataclasses.replace(stage_config(plan.cfg, task.name, method, seed), model=model_cfg)
-    resume = any((stage_dir / "checkpoints").glob("*-*"))
+    resume = any(stage_dir.glob("**/checkpoints/*-*"))  # any phase's (sft_reinvoke keeps SFT's under sft/)
     stage = open_stage(cfg, task, stage_dir, "sequence-stage", resume)
     loaded = stage.loaded
     train_stage(stage)

@@ -75,7 +75,7 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
         "task_version": task.version,
         "method": cfg.train.method,
         "engine": cfg.train.engine,
-        "teacher": cfg.train.teacher if method_of(cfg).teacher else None,
+        "teacher": method_of(cfg).teacher_kind(cfg.train),
         "model": cfg.model.name_or_path,
         "world": world_of(cfg.model.name_or_path, [task, *general]),
         "steps": result.steps,

@@ -195,3 +195,17 @@ def test_the_report_package_has_no_import_cycle():
     code = "import sys, sdft.report.plots, sdft.report; assert 'matplotlib' not in sys.modules"
     path = os.pathsep.join(filter(None, [str(REPORT_PACKAGE.parents[1]), os.environ.get("PYTHONPATH")]))
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": path})
+
+
+def test_the_accuracy_plot_has_a_general_suite_panel_in_raw_accuracy(results):
+    from sdft.report.plots import _accuracy_figure, _pyplot
+
+    plt = _pyplot()
+    fig = _accuracy_figure(plt, results)
+    try:
+        *task_axes, general_axes = fig.axes
+        assert len(task_axes) == len(TASKS) and general_axes.get_title().startswith("general suite")
+        plotted = {bars.get_label(): list(bars.lines[0].get_ydata()) for bars in general_axes.containers}
+        assert plotted == {name: pytest.approx(m["general"]) for name, m in results["methods"].items()}
+    finally:
+        plt.close(fig)

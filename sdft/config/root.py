@@ -67,6 +67,8 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
         (train.steps < 1 or train.learning_rate <= 0, "train.steps and train.learning_rate must be positive"),
         (train.epochs is not None and train.epochs <= 0, "train.epochs must be > 0 or null"),
         (train.max_rows is not None and train.max_rows < 1, "train.max_rows must be >= 1 or null"),
+        (train.reinvoke.steps < 1 or (train.reinvoke.learning_rate is not None and train.reinvoke.learning_rate <= 0),
+         "train.reinvoke.steps must be >= 1 and train.reinvoke.learning_rate > 0 or null"),
         (min(train.checkpoint_every, train.log_every, train.keep_checkpoints) < 1, "train.checkpoint_every, log_every and keep_checkpoints must be >= 1"),
         *_trl_engine_checks(train),
         (cfg.lora.enabled and cfg.lora.r < 1, "lora.r must be >= 1"),

@@ -9,7 +9,7 @@ from sdft.config.sections import SamplingConfig
 from sdft.errors import UserError
 from sdft.suggest import did_you_mean
 
-METHOD_NAMES = ("sdft", "sft", "dft", "cpt")
+METHOD_NAMES = ("sdft", "sft", "dft", "cpt", "sft_reinvoke")
 """What train.method accepts; sdft/methods/registry.py says what each one is (a test checks they agree)."""
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "sampled_token")
 TOPK_SOURCES = ("teacher", "student")
@@ -65,14 +65,31 @@ def _rollout_sampling() -> SamplingConfig:
 
 
 @dataclass
+class ReinvokeConfig:
+    """The re-invoke phase of train.method sft_reinvoke (sdft/methods/reinvoke.py): after SFT, on-policy distillation
+    from the stage-start model on general prompts. The SDFT paper gives no settings for it; these defaults are ours,
+    sized like a short stage of the embedded world (the batch, caps, rollout, schedule and loss are train's)."""
+
+    steps: int = 50
+    """Optimizer steps of the re-invoke phase (after train.steps of SFT)."""
+    learning_rate: float | None = None
+    """None = train.learning_rate."""
+    tasks: list[str] = field(default_factory=list)
+    """Whose prompts the student answers; [] = the general suite (eval.general), as in the paper."""
+    split: str = "train"
+    """Which split of those tasks gives the prompts (the general suite's test split is what evaluation measures)."""
+
+
+@dataclass
 class TrainConfig:
     """One training stage: learn `task` with `method`. Defaults suit the embedded world on a CPU;
     configs/paper/*.yaml hold the published settings."""
 
-    method: Literal["sdft", "sft", "dft", "cpt"] = "sdft"
+    method: Literal["sdft", "sft", "dft", "cpt", "sft_reinvoke"] = "sdft"
     """sdft: on-policy self-distillation; sft: next-token loss on the demonstration; dft: SFT with each
     token's loss weighted by its detached probability (Dynamic Fine-Tuning); cpt: continued pre-training,
-    next-token loss on the task's raw corpus (tasks that have one: knowledge)."""
+    next-token loss on the task's raw corpus (tasks that have one: knowledge); sft_reinvoke: SFT, then on-policy
+    distillation from the stage-start model on general prompts (train.reinvoke)."""
     engine: Literal["native", "trl"] = "native"
     """native: sdft's own trainer; trl: TRL's experimental SDFTTrainer (the reference, method sdft only)."""
     task: str = "science"
@@ -104,7 +121,9 @@ class TrainConfig:
     EMA of the weights the student computes with (B_ema @ A_ema is not that); memory: one fp32 matrix per adapted
     layer, 4 bytes per base weight it covers (about 26 GB for a 7B model with every linear layer adapted)."""
     loss: LossConfig = field(default_factory=LossConfig)
-    """The per-token divergence (sdft/methods/losses.py computes it)."""
+    """The per-token divergence (sdft/methods/losses.py computes it); also the re-invoke phase's loss."""
+    reinvoke: ReinvokeConfig = field(default_factory=ReinvokeConfig)
+    """sft_reinvoke's second phase."""
     rollout: SamplingConfig = field(default_factory=_rollout_sampling)
     """How the student samples its rollouts (sdft: temperature 1, top-p 1: its own distribution)."""
     max_prompt_tokens: int = 512
@@ -133,7 +152,7 @@ class TrainConfig:
 class SequenceConfig:
     """`sdft sequence`: chains of stages, one chain per method and seed."""
 
-    methods: list[Literal["sdft", "sft", "dft"]] = field(default_factory=lambda: ["sdft", "sft"])
+    methods: list[Literal["sdft", "sft", "dft", "sft_reinvoke"]] = field(default_factory=lambda: ["sdft", "sft"])
     """Each method trains its own chain on the same tasks, data and seeds."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Several seeds give a mean and a 95% confidence interval for every cell and metric."""

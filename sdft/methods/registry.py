@@ -39,6 +39,12 @@ def _train_cpt(stage):
     return train_cpt(stage)
 
 
+def _train_sft_reinvoke(stage):
+    from sdft.methods.reinvoke import train_sft_reinvoke
+
+    return train_sft_reinvoke(stage)
+
+
 def _rows(cfg: Config, task, tokenizer) -> int:
     return len(task.rows(cfg.train.split, cfg.train.max_rows))
 
@@ -59,6 +65,11 @@ def _demonstration_tokens(t: TrainConfig) -> str:
     return f"<= {t.batch_size * (t.max_prompt_tokens + t.max_completion_tokens):,} ({t.batch_size} prompts + demonstrations)"
 
 
+def _sft_then_rollout_tokens(t: TrainConfig) -> str:
+    return (f"sft {_demonstration_tokens(t)}; then {t.reinvoke.steps} re-invoke steps of {t.batch_size} rollouts of "
+            f"<= {t.max_completion_tokens} generated on general prompts")
+
+
 def _block_tokens(t: TrainConfig) -> str:
     return f"<= {t.batch_size * t.max_completion_tokens:,} ({t.batch_size} corpus blocks)"
 
@@ -75,8 +86,9 @@ class Method:
     """(cfg, task, tokenizer) -> units in the training split (None when the tokenizer is needed and absent)."""
     caps: tuple[str, ...]
     """What its training rows are measured against (methods/tokens.py CAP_KEYS): the dry run checks the same."""
-    teacher: bool
-    """Keeps an SDFT teacher (train.teacher): results record it, the memory estimate counts it."""
+    teacher: str | None
+    """Which teacher it keeps: 'train.teacher' (the config's), 'frozen' (always the stage start) or None: results
+    record it, the memory estimate counts it."""
     logits_copies: int
     """[micro, sequence, vocabulary] tensors alive at once in a step (sdft: student logits, their gradient, teacher)."""
     sequence_tokens: Callable[[TrainConfig], int]
@@ -85,6 +97,10 @@ class Method:
     """The dry run's tokens-per-step line."""
     hf_loss_type: str | None = None
     """TRL's SFTTrainer loss_type for the methods trained by the Hugging Face session."""
+
+    def teacher_kind(self, cfg: TrainConfig) -> str | None:
+        """frozen / ema / live, or None for a method without a teacher."""
+        return cfg.teacher if self.teacher == "train.teacher" else self.teacher
 
     def trainer(self, engine: str) -> Callable:
         return self.trainers[engine]
@@ -101,21 +117,27 @@ def _prompt_and_completion(t: TrainConfig) -> int:
 
 
 _DEMONSTRATIONS = dict(trainers={"native": _train_sft}, unit="rows", count_units=_rows, caps=("prompt", "completion"),
-                       teacher=False, logits_copies=1, sequence_tokens=_prompt_and_completion,
+                       teacher=None, logits_copies=1, sequence_tokens=_prompt_and_completion,
                        tokens_per_step=_demonstration_tokens)
 
 METHODS: dict[str, Method] = {
     "sdft": Method("sdft", "on-policy self-distillation from the model with the demonstration in its prompt",
                    trainers={"native": _train_sdft, "trl": _train_trl_sdft}, unit="rows", count_units=_rows,
-                   caps=("prompt", "teacher"), teacher=True, logits_copies=3, sequence_tokens=_prompt_and_completion,
+                   caps=("prompt", "teacher"), teacher="train.teacher", logits_copies=3,
+                   sequence_tokens=_prompt_and_completion,
                    tokens_per_step=_rollout_tokens),
     "sft": Method("sft", "next-token loss on the demonstration", hf_loss_type="nll", **_DEMONSTRATIONS),
     "dft": Method("dft", "SFT with each token's loss weighted by its detached probability", hf_loss_type="dft",
                   **_DEMONSTRATIONS),
     "cpt": Method("cpt", "continued pre-training: next-token loss on the task's raw corpus",
                   trainers={"native": _train_cpt}, unit="corpus blocks", count_units=_corpus_blocks, caps=(),
-                  teacher=False, logits_copies=1, sequence_tokens=lambda t: t.max_completion_tokens,
+                  teacher=None, logits_copies=1, sequence_tokens=lambda t: t.max_completion_tokens,
                   tokens_per_step=_block_tokens, hf_loss_type="nll"),
+    "sft_reinvoke": Method("sft_reinvoke", "SFT, then on-policy distillation from the stage-start model on general "
+                           "prompts (train.reinvoke)", trainers={"native": _train_sft_reinvoke}, unit="rows",
+                           count_units=_rows, caps=("prompt", "completion"), teacher="frozen", logits_copies=3,
+                           sequence_tokens=_prompt_and_completion, tokens_per_step=_sft_then_rollout_tokens,
+                           hf_loss_type="nll"),
 }
 
 

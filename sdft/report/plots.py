@@ -54,12 +54,17 @@ def _colours(plt, results: dict) -> dict[str, tuple]:
 
 def _accuracy_figure(plt, results: dict):
     tasks, colours = results["tasks"], _colours(plt, results)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.2), squeeze=False)
-    for j, ax in enumerate(axes[0]):
-        _accuracy_panel(ax, results, j, colours)
+    general = _has_general(results)
+    panels = len(tasks) + general
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.2), squeeze=False)
+    for j in range(len(tasks)):
+        _accuracy_panel(axes[0][j], results, j, colours)
+    if general:
+        _general_panel(axes[0][-1], results, colours)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Accuracy on each task after each stage ({results['world']} world, {seeds_label(results)})\n"
-                 "0 = base model, 1 = best accuracy any method reached on that task", fontsize=11)
+                 "0 = base model, 1 = best accuracy any method reached on that task"
+                 + ("; the general suite in raw accuracy" if general else ""), fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -93,6 +98,28 @@ def _accuracy_panel(ax, results: dict, j: int, colours: dict) -> None:
             ax.axhline(level, color="lightgrey", linestyle=":", linewidth=1, zorder=0)
         ax.set_ylabel("normalised accuracy")
         ax.set_title(tasks[j], fontsize=10)
+    ax.set_xticks(list(stages), stage_labels(tasks), rotation=30, ha="right", fontsize=8)
+
+
+def _has_general(results: dict) -> bool:
+    return any(v is not None for m in results["methods"].values() for v in (m.get("general") or []))
+
+
+def _general_panel(ax, results: dict, colours: dict) -> None:
+    """The general suite's mean accuracy after every stage, raw (the forgetting measure: 0 is meaningful here)."""
+    tasks, methods = results["tasks"], results["methods"]
+    stages = range(len(tasks) + 1)
+    for k, (name, m) in enumerate(methods.items()):
+        values = m.get("general") or [None] * len(stages)
+        ci = cis_like(m, "general_ci95", values)
+        yerr = None if all(c is None for c in ci) else [c or 0.0 for c in ci]
+        x = [s + 0.05 * (k - (len(methods) - 1) / 2) for s in stages]
+        ax.errorbar(x, [math.nan if v is None else v for v in values], yerr=yerr, marker="o", capsize=3, label=name,
+                    color=colours[name])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("raw accuracy")
+    suite = ", ".join(results.get("general_suite", []))
+    ax.set_title("general suite (mean)" + (f"\n{suite}" if suite else ""), fontsize=10)
     ax.set_xticks(list(stages), stage_labels(tasks), rotation=30, ha="right", fontsize=8)
 
 
