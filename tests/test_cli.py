@@ -2,6 +2,7 @@
 and `eval` / `check` writing results.json of the documented shape on a fixture model."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -123,3 +124,10 @@ def test_tasks_lists_custom_tasks(fixture_config):
     result = invoke("tasks", "--config", fixture_config)
     assert result.exit_code == 0, result.output
     assert "doubling" in result.output and "train 6" in result.output
+
+
+def test_an_error_keeps_its_square_brackets():
+    """Error lines are printed as text, not rich markup: '[my_chat_prompts]' would otherwise vanish as a tag."""
+    paper = Path(__file__).resolve().parents[1] / "configs" / "paper" / "science.yaml"
+    line = one_error_line(invoke("train", paper, "--dry-run", "--set", "train.method=sft_reinvoke"))
+    assert "train.reinvoke.tasks=[my_chat_prompts]" in line

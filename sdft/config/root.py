@@ -71,6 +71,9 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
          "train.reinvoke.steps must be >= 1 and train.reinvoke.learning_rate > 0 or null"),
         (min(train.checkpoint_every, train.log_every, train.keep_checkpoints) < 1, "train.checkpoint_every, log_every and keep_checkpoints must be >= 1"),
         *_trl_engine_checks(train),
+        ("sft_reinvoke" in (train.method, *cfg.sequence.methods) and not (train.reinvoke.tasks or ev.general),
+         "train.method sft_reinvoke distils on general prompts, and both train.reinvoke.tasks and eval.general are "
+         "empty: name a task whose prompts to use, e.g. --set train.reinvoke.tasks=[my_chat_prompts]"),
         (cfg.lora.enabled and cfg.lora.r < 1, "lora.r must be >= 1"),
         (not cfg.tasks, "tasks must name at least one task"),
         (not cfg.sequence.methods or not cfg.sequence.seeds, "sequence.methods and sequence.seeds must not be empty"),
