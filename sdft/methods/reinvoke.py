@@ -24,8 +24,8 @@ from sdft.methods.harness import StageResult
 from sdft.methods.hf_trainer import latest_checkpoint
 from sdft.methods.checkpoint import checkpoints
 from sdft.methods.rollout import PreparedRow
-from sdft.methods.sdft import Trainer, train_step
-from sdft.methods.loop import build_loop, run_loop
+from sdft.methods.loop import run_loop
+from sdft.methods.sdft import build_trainer, train_step
 from sdft.methods.stage import Stage
 from sdft.methods.teacher import build_teacher
 from sdft.methods.tokens import demonstration_examples, rows_within_caps, student_prompt_ids
@@ -47,8 +47,7 @@ def train_sft_reinvoke(stage: Stage) -> StageResult:
                                                    stage.cfg.train)
         sft_steps = train_on_examples(sft_stage, examples, f"sft_reinvoke (sft) on {stage.task.name}",
                                       {"skipped_rows": skipped}).steps
-    trainer = build_loop(reinvoke_stage, Trainer, lambda: general_rows(reinvoke_stage), lambda model: teacher)
-    trainer.share_prompt_pass = False  # the prompt pass is shared only where it pays; re-invoke keeps it simple
+    trainer = build_trainer(reinvoke_stage, rows=lambda: general_rows(reinvoke_stage), teacher=lambda model: teacher)
     result = run_loop(trainer, train_step, f"sft_reinvoke (re-invoke) on {stage.task.name}")
     return dataclasses.replace(result, steps=sft_steps + result.steps,
                                metrics={**result.metrics, "sft_steps": sft_steps, "reinvoke_steps": result.steps})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -45,12 +45,15 @@ def train_sdft(stage: Stage) -> StageResult:
     return run_loop(build_trainer(stage), train_step, f"sdft on {stage.task.name}")
 
 
-def build_trainer(stage: Stage) -> Trainer:
-    """Fresh state at stage start, or the newest checkpoint's state when resuming."""
+def build_trainer(stage: Stage, rows: Callable[[], list[PreparedRow]] | None = None,
+                  teacher: Callable[[torch.nn.Module], Teacher] | None = None) -> Trainer:
+    """Fresh state at stage start, or the newest checkpoint's state when resuming. By default the rows are the
+    task's (prompt and teacher prompt with the demonstration) and the teacher is train.teacher's; sft_reinvoke
+    passes its own (general prompts, the stage-start model)."""
     train = stage.cfg.train
-    rows = lambda: prepare_rows(stage.train_rows(), stage.task, stage.loaded.tokenizer, train)  # noqa: E731
-    teacher = lambda model: build_teacher(model, train.teacher, train.ema_rate, lora=stage.cfg.lora.enabled,  # noqa: E731
-                                          lora_ema=train.lora_ema)
+    rows = rows or (lambda: prepare_rows(stage.train_rows(), stage.task, stage.loaded.tokenizer, train))
+    teacher = teacher or (lambda model: build_teacher(model, train.teacher, train.ema_rate,
+                                                      lora=stage.cfg.lora.enabled, lora_ema=train.lora_ema))
     trainer = build_loop(stage, Trainer, rows, teacher)
     trainer.share_prompt_pass = False if has_active_dropout(trainer.model) else None
     return trainer
