@@ -1,5 +1,5 @@
 """`sdft ttt`'s comparison: one row per predictor (accuracy per task, their mean, seconds per instance), as a rich
-table and as report.md, both naming the world the numbers come from."""
+table and as report.md, both naming the world the numbers come from. (Imports tables.py, which imports nothing of it.)"""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from rich.table import Table
 
 from sdft.report.format import fmt
 from sdft.report.markdown import markdown_table
+from sdft.report.tables import scores_table
 
 NAMES = {"zero_shot": "zero-shot", "icl": "in-context", "ttt": "TTT", "ttt_vote": "TTT + vote"}
 
@@ -31,13 +32,7 @@ def ttt_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def ttt_table(results: dict) -> Table:
-    header, rows = ttt_rows(results)
-    table = Table(title=ttt_title(results))
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
+    return scores_table(ttt_title(results), *ttt_rows(results))
 
 
 def ttt_report(results: dict) -> str:
