@@ -195,6 +195,31 @@ def sequence(
     console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
 
 
+@app.command()
+@user_errors
+def ttt(
+    config: Annotated[Path, typer.Argument(help="YAML config with a ttt section (e.g. configs/ttt.yaml).")],
+    set_: SetOption = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder (default: runs/<timestamp>-ttt); re-running on the same folder resumes at the next instance.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the config and the few-shot data offline and print the plan; load no model.")] = False,
+) -> None:
+    """Zero-shot vs in-context vs test-time training (a throwaway adapter fitted on each instance's demos) on few-shot instances."""
+    from sdft.report.ttt import ttt_table
+    from sdft.ttt_run import dry_run_lines, plan_ttt, run_ttt
+
+    cfg = _config(config, set_)
+    plan = plan_ttt(cfg, output, dry_run=dry_run)
+    if dry_run:
+        for line in dry_run_lines(plan):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
+    results = run_ttt(plan)
+    console.print(ttt_table(results))
+    if not results["base_identical"]:
+        err_console.print("[bold red]the base weights changed during test-time training[/]")
+    console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
+
+
 @app.command("tasks")
 @user_errors
 def tasks_(config: ConfigOption = None, set_: SetOption = None) -> None:

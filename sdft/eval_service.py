@@ -20,6 +20,7 @@ from sdft.console import err_console, progress_bar
 from sdft.errors import UserError
 from sdft.eval_cache import SampleStore, cache_key, model_fingerprint
 from sdft.evaluate import TaskEval, evaluate_task, general_summary
+from sdft.inference.predictors import make_predictor, predictor_name
 from sdft.judge import Judge, judge_problem, make_judge
 from sdft.models import LoadedModel
 from sdft.runs import read_json
@@ -29,15 +30,17 @@ from sdft.tasks.spec import TaskSpec
 EVAL_CACHE_DIR = ".eval_cache"
 JUDGE_CACHE_DIR = ".judge_cache"
 
-Job = tuple[TaskSpec, bool]
-"""(task, teacher prompt?)"""
+Job = tuple[TaskSpec, "bool | str"]
+"""(task, prompt kind): False / True = the plain / teacher prompt, or a predictor's name (sdft/inference/)."""
 
 
 class EvalService:
     """Evaluations of any number of models under one config, sharing one judge and the caches."""
 
-    def __init__(self, cfg: Config, general: list[TaskSpec]):
-        self.cfg, self.general = cfg, general
+    def __init__(self, cfg: Config, general: list[TaskSpec], records_dir: Path | None = None):
+        """`records_dir`: where per-sample records go instead of the shared cache (<output_root>/.eval_cache), e.g. a
+        run folder's records/, named <task>-<predictor>-<key>.jsonl; either way a rerun resumes from them."""
+        self.cfg, self.general, self.records_dir = cfg, general, records_dir
         self._judge: Judge | None = None
 
     def judge_for(self, tasks: list[TaskSpec]) -> Judge | None:
@@ -59,14 +62,15 @@ class EvalService:
         fingerprint = model_fingerprint(loaded.model) if ev.cache else None
         judge = self.judge_for([t for t, _ in jobs])
         malformed_before = judge.malformed if judge is not None else 0
-        results = []
+        results, predictors = [], self._predictors(jobs)
         with progress_bar() as progress:
             bar = progress.add_task("evaluating", total=sum(len(t.rows(ev.split, ev.limit)) for t, _ in jobs))
-            for task, teacher in jobs:
-                progress.update(bar, description=f"{task.name} ({'teacher' if teacher else 'student'})")
-                store = self._store(fingerprint, task, teacher, judge, seed) if fingerprint else None
-                results.append(evaluate_task(loaded, task, ev, teacher, lambda n: progress.advance(bar, n), store,
-                                             seed, judge))
+            for task, kind in jobs:
+                predictor = predictors[predictor_name(kind)]
+                progress.update(bar, description=f"{task.name} ({predictor.name})")
+                store = self._store(fingerprint, task, predictor, judge, seed) if fingerprint else None
+                results.append(evaluate_task(loaded, task, ev, kind, lambda n: progress.advance(bar, n), store,
+                                             seed, judge, predictor))
         if judge is not None and judge.malformed > malformed_before:
             err_console.print(f"[yellow]the judge ({judge.identity}) gave {judge.malformed - malformed_before} "
                               "malformed replies: scored 0, not cached (a rerun asks again)[/]")
@@ -93,11 +97,22 @@ class EvalService:
                                  seed=self.cfg.seed if seed is None else seed)
         return {"mean": sum(scores.values()) / len(scores), **scores}
 
-    def _store(self, fingerprint: str, task: TaskSpec, teacher: bool, judge: Judge | None, seed: int) -> SampleStore:
+    def _predictors(self, jobs: list[Job]) -> dict:
+        """One predictor per prompt kind, told every task it will answer."""
+        predictors = {}
+        for name in dict.fromkeys(predictor_name(kind) for _, kind in jobs):
+            predictors[name] = make_predictor(name, self.cfg)
+            predictors[name].prepare([t for t, kind in jobs if predictor_name(kind) == name])
+        return predictors
+
+    def _store(self, fingerprint: str, task: TaskSpec, predictor, judge: Judge | None, seed: int) -> SampleStore:
         # Cached samples hold their scores: a judged task's scores belong to the judge that gave them.
         ev = self.cfg.eval
         version = f"{task.version}+{judge.identity}" if judge is not None and is_judged(task.scorer) else task.version
-        key = cache_key(fingerprint, task.name, version, ev.split, ev.limit, teacher, ev, seed)
+        kind = {"student": False, "teacher": True}.get(predictor.name, predictor.name)
+        key = cache_key(fingerprint, task.name, version, ev.split, ev.limit, kind, ev, seed, predictor.settings())
+        if self.records_dir is not None:
+            return SampleStore(self.records_dir, key, f"{task.name}-{predictor.name}")
         return SampleStore(Path(self.cfg.output_root) / EVAL_CACHE_DIR, key)
 
 

@@ -8,10 +8,9 @@ from typing import Callable
 
 from sdft.config import EvalConfig
 from sdft.eval_cache import SampleStore
-from sdft.generation import Generation, generate_texts
+from sdft.generation import Generation
 from sdft.metrics import mean_pass_at_k
 from sdft.models import LoadedModel
-from sdft.prompts import render_prompt, teacher_prompt
 from sdft.errors import UserError
 from sdft.scoring import JUDGED, get_scorer, is_judged
 from sdft.tasks.spec import Row, TaskSpec
@@ -52,12 +51,6 @@ class TaskEval:
         }
 
 
-def model_inputs(loaded: LoadedModel, task: TaskSpec, rows: list[Row], teacher: bool) -> list[str]:
-    """The rendered chat prompts: the plain question, or the SDFT teacher prompt with the demonstration."""
-    users = [teacher_prompt(r.prompt, r.demonstration) if teacher else r.prompt for r in rows]
-    return [render_prompt(loaded.tokenizer, user, task.system_prompt) for user in users]
-
-
 def evaluate_task(
     loaded: LoadedModel,
     task: TaskSpec,
@@ -67,30 +60,32 @@ def evaluate_task(
     store: SampleStore | None = None,
     seed: int = 0,
     judge=None,
+    predictor=None,
 ) -> TaskEval:
-    """Generate for every row of the split (ev.split, the first ev.limit rows) and score it; accuracy averages
-    over rows and samples. With a store, rows it already holds are not generated again and new ones are written
+    """Answer every row of the split (ev.split, the first ev.limit rows) and score it; accuracy averages over rows
+    and samples. The predictor (sdft/inference/) answers; without one, the plain question or (teacher) the SDFT
+    teacher prompt is generated. With a store, rows it already holds are not answered again and new ones are written
     as they finish. `judge` (sdft.judge.Judge) grades tasks whose scorer is judged."""
+    from sdft.inference.predictors import make_predictor
+
     rows = task.rows(ev.split, ev.limit)
-    prompts = model_inputs(loaded, task, rows, teacher)
+    predictor = predictor or make_predictor(teacher, None)
     done = store.load() if store else {}
     todo = [i for i in range(len(rows)) if len(done.get(i, [])) != ev.samples]
     if on_progress and len(todo) < len(rows):
         on_progress(len(rows) - len(todo))
     score = batch_scorer(task, judge)
-    batches = generate_texts(loaded, [prompts[i] for i in todo], ev.sampling, ev.max_new_tokens, ev.samples,
-                             ev.batch_size, seed)
-    for batch, completions in batches:
-        flat = [(todo[b], c) for b, per_row in zip(batch, completions) for c in per_row]
-        scores = score([c.text for _, c in flat], [rows[i] for i, _ in flat])
-        records = [_sample(i, rows[i], c, s) for (i, c), s in zip(flat, scores)]
-        for b in batch:
-            done[todo[b]] = [r for r in records if r["row"] == todo[b]]
+    for indices, completions, extras in predictor.answer(loaded, task, rows, todo, ev, seed):
+        flat = [(i, c, extra) for i, per_row, extra in zip(indices, completions, extras) for c in per_row]
+        scores = score([c.text for _, c, _ in flat], [rows[i] for i, _, _ in flat])
+        records = [{**_sample(i, rows[i], c, s), **extra} for (i, c, extra), s in zip(flat, scores)]
+        for i in indices:
+            done[i] = [r for r in records if r["row"] == i]
         if store:
             store.append(records)
         if on_progress:
-            on_progress(len(batch))
-    return _task_eval(task, [s for i in range(len(rows)) for s in done[i]], ev.samples)
+            on_progress(len(indices))
+    return task_eval(task, [s for i in range(len(rows)) for s in done[i]], ev.samples)
 
 
 def batch_scorer(task: TaskSpec, judge=None) -> BatchScorer:
@@ -116,7 +111,8 @@ def _sample(index: int, row: Row, completion: Generation, scored: dict) -> dict:
             "unseen": row.unseen, "hit_cap": completion.hit_cap, **scored}
 
 
-def _task_eval(task: TaskSpec, samples: list[dict], per_row: int) -> TaskEval:
+def task_eval(task: TaskSpec, samples: list[dict], per_row: int) -> TaskEval:
+    """The summary of one task's scored samples (`per_row` samples per row)."""
     unseen = [s["score"] for s in samples if s["unseen"]]
     return TaskEval(
         task=task.name,

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from sdft.cli import app
 
 runner = CliRunner()
-COMMANDS = ["train", "eval", "sequence", "check", "tasks"]
+COMMANDS = ["train", "eval", "sequence", "check", "tasks", "ttt"]
 
 
 def invoke(*args):

@@ -11,8 +11,8 @@ from sdft.config import load_config
 from sdft.tasks.registry import require_known, task_registry
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-EXPECTED = {"default.yaml", "dft.yaml", "sdft.yaml", "sft.yaml", "sft_reinvoke.yaml", "paper/knowledge.yaml", "paper/medical.yaml",
-            "paper/science.yaml", "paper/sequence.yaml", "paper/tools.yaml"}
+EXPECTED = {"default.yaml", "dft.yaml", "sdft.yaml", "sft.yaml", "sft_reinvoke.yaml", "ttt.yaml", "paper/knowledge.yaml",
+            "paper/medical.yaml", "paper/science.yaml", "paper/sequence.yaml", "paper/tools.yaml", "paper/ttt-bbh.yaml"}
 FILES = sorted(CONFIGS.rglob("*.yaml"))
 
 
@@ -30,6 +30,13 @@ def test_config_loads_validates_and_names_known_tasks(path):
     assert first.startswith("# sdft "), first  # the command that runs it
     if path.parent.name == "paper":
         assert str(path.relative_to(CONFIGS.parent)) in first, first
+
+
+def test_the_ttt_bbh_preset_holds_the_papers_bbh_settings():
+    t = load_config(CONFIGS / "paper" / "ttt-bbh.yaml").ttt
+    assert (t.source, t.shots, t.scope, t.leave_out, t.permutations, t.max_samples) == ("bbh", 10, "task", 1, 40, 40)
+    assert (t.epochs, t.batch_size, t.learning_rate, t.warmup_ratio, t.cosine, t.loss_on) == (1.0, 5, 1e-4, 0.1, True, "all_outputs")
+    assert (t.lora.r, t.lora.alpha, t.lora.dropout) == (64, 64, 0.05)
 
 
 def test_paper_presets_hold_the_published_recipe():

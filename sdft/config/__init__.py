@@ -3,6 +3,7 @@
 - sections.py: model, lora, sampling (shared by evaluation and rollouts), eval, harness, check, task sources
 - judge.py:    the LLM judge's knobs
 - training.py: train (one stage, its loss, its teacher and rollouts) and sequence
+- ttt.py:      test-time training on few-shot instances (`sdft ttt`)
 - root.py:     Config (the whole), its cross-section checks, load_config
 - mapping.py:  strict conversion of YAML mappings and `a.b=value` overrides into the dataclasses
 - renamed.py:  keys of older configs, each answered with one line naming its new key
@@ -19,10 +20,11 @@ from sdft.config.sections import (EMBEDDED_MODEL, EMBEDDED_PRIOR_SKILLS, EMBEDDE
                                   HarnessConfig, LoraConfig, ModelConfig, SamplingConfig, TaskSourceConfig)
 from sdft.config.training import (DIVERGENCES, METHOD_NAMES, TOPK_SOURCES, LossConfig, ReinvokeConfig, SequenceConfig,
                                   TrainConfig)
+from sdft.config.ttt import PREDICTOR_NAMES, TTTConfig
 
 __all__ = [
     "Config", "config_to_dict", "load_config", "ModelConfig", "LoraConfig", "SamplingConfig", "HarnessConfig",
     "EvalConfig", "CheckConfig", "TaskSourceConfig", "JudgeConfig", "LossConfig", "ReinvokeConfig", "TrainConfig",
-    "SequenceConfig",
+    "SequenceConfig", "TTTConfig", "PREDICTOR_NAMES",
     "EMBEDDED_MODEL", "EMBEDDED_TASKS", "EMBEDDED_PRIOR_SKILLS", "METHOD_NAMES", "DIVERGENCES", "TOPK_SOURCES",
 ]

@@ -5,6 +5,7 @@ returns the adapter to its fresh state; every fit builds a new optimizer, so no 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,16 +36,19 @@ class FitResult:
 
 def fit_adapter(model, tokenizer, examples: Sequence[Example], steps: int, learning_rate: float, batch_size: int,
                 seed: int, weight_decay: float = 0.0, max_grad_norm: float | None = None,
-                progress: bool = False) -> FitResult:
+                progress: bool = False, warmup_ratio: float = 0.0, cosine: bool = False) -> FitResult:
     """Train the model's trainable parameters (after wrap_with_lora: the adapter alone) for `steps` AdamW steps of
     `batch_size` examples, drawn in an order fixed by `seed` (epoch after epoch); each step's loss is the mean
     cross-entropy over its batch's label tokens. Dropout draws from `seed` too, and the caller's RNG state is
     restored afterwards, so a fit is deterministic for a seed and shifts no one else's draws. The learning rate is
-    constant; no weight decay or gradient clipping unless asked for (a few steps from a fresh adapter need neither)."""
+    constant unless a linear warm-up (`warmup_ratio` of the steps) and a cosine decay to 0 are asked for (test-time
+    training's recipe); no weight decay or gradient clipping unless asked for (a few steps from a fresh adapter need
+    neither)."""
     params = _checked(model, examples, steps, batch_size)
     started, pad_id, device = time.perf_counter(), _pad_id(tokenizer), params[0].device
     loss_before = _mean_loss(model, examples, batch_size, pad_id, device)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(steps, warmup_ratio, cosine))
     stream = PromptStream(list(examples), seed)
     try:
         with _seeded(seed, device), progress_bar(disable=not progress) as bar:
@@ -52,11 +56,26 @@ def fit_adapter(model, tokenizer, examples: Sequence[Example], steps: int, learn
             model.train()
             for _ in range(steps):
                 _step(model, optimizer, _collate(stream.next_batch(batch_size), pad_id, device), max_grad_norm)
+                schedule.step()
                 bar.advance(task)
     finally:
         model.eval()
     loss_after = _mean_loss(model, examples, batch_size, pad_id, device)
     return FitResult(loss_before, loss_after, steps, time.perf_counter() - started)
+
+
+def _lr_factor(steps: int, warmup_ratio: float, cosine: bool):
+    """step -> learning-rate factor: linear warm-up over ceil(warmup_ratio * steps) steps, then 1 or a cosine to 0."""
+    warmup = math.ceil(warmup_ratio * steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if not cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return factor
 
 
 def examples_from_pairs(tokenizer, pairs: Sequence[tuple[str, str]], system_prompt: str | None = None) -> list[Example]:

@@ -6,6 +6,7 @@
   sequence.py       report.md of `sdft sequence` (+ plots.py: its PNGs, matplotlib imported on first use)
   prior.py          report.md of `sdft eval --prior-tasks` (sdft/prior.py runs that evaluation)
   tables.py         the rich tables the commands print
+  ttt.py            `sdft ttt`'s comparison: its rich table and report.md
 
 Each module imports only modules listed above it, never one below, so there is no cycle: plots.py builds on
 format.py and sequence_rows.py, and only sequence.py imports plots.py. Every file is written by the one atomic

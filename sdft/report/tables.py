@@ -10,7 +10,7 @@ from sdft.report.sequence_rows import COMPARISON_HEADER, matrix_rows, method_com
 from sdft.tasks.spec import TaskSpec
 
 
-def _scores_table(title: str, header: tuple | list, rows: list[list[str]]) -> Table:
+def scores_table(title: str, header: tuple | list, rows: list[list[str]]) -> Table:
     """A table with the row names left-aligned and the numbers right-aligned."""
     table = Table(title=title)
     for i, column in enumerate(header):
@@ -24,7 +24,7 @@ def eval_table(results: dict) -> Table:
     title = f"sdft eval: {results['model']} ({results['prompt']} prompt, {results['split']} split, world: {results['world']})"
     rows = [[task, fmt(s["accuracy"]), fmt(s["unseen_accuracy"]), str(s["n"]), str(s["hit_cap"])]
             for task, s in results["scores"].items()]
-    table = _scores_table(title, ("task", "accuracy", "unseen", "n", "hit cap"), rows)
+    table = scores_table(title, ("task", "accuracy", "unseen", "n", "hit cap"), rows)
     _add_general(table, results["general"], columns=5)
     return table
 
@@ -33,7 +33,7 @@ def check_table(results: dict) -> Table:
     title = f"sdft check: {results['model']} ({results['split']} split, world: {results['world']})"
     rows = [[task, fmt(s["student"]), fmt(s["teacher"]), fmt(s["unseen_student"]), fmt(s["unseen_teacher"]),
              str(s["n"])] for task, s in results["scores"].items()]
-    table = _scores_table(title, ("task", "student", "teacher", "unseen student", "unseen teacher", "n"), rows)
+    table = scores_table(title, ("task", "student", "teacher", "unseen student", "unseen teacher", "n"), rows)
     _add_general(table, results["general"], columns=6)
     return table
 
@@ -68,23 +68,23 @@ def train_table(results: dict) -> Table:
     rows += [(f"general: {k}", v, after["general"][k]) for k, v in before["general"].items() if k != "mean"]
     rows.append(("general mean", before["general"]["mean"], after["general"]["mean"]))
     cells = [[name, fmt(b), fmt(a), fmt_delta(None if a is None or b is None else a - b)] for name, b, a in rows]
-    return _scores_table(title, ("measure", "before", "after", "delta"), cells)
+    return scores_table(title, ("measure", "before", "after", "delta"), cells)
 
 
 def prior_table(results: dict) -> Table:
     stages = " -> ".join(s["task"] for s in results["lineage"]["stages"])
     title = f"what survived: {results['model']} (trained {stages}; world: {results['world']})"
     rows = [[row["name"], fmt(row["base"]), fmt(row["now"]), fmt_delta(row["delta"])] for row in results["rows"]]
-    return _scores_table(title, ("task", "base", "now", "delta"), rows)
+    return scores_table(title, ("task", "base", "now", "delta"), rows)
 
 
 def comparison_table(results: dict) -> Table:
     """`sdft sequence`: one row per method (its metrics, ± over seeds)."""
     title = f"sdft sequence: {' -> '.join(results['tasks'])} (world: {results['world']}, {seeds_label(results)})"
-    return _scores_table(title, COMPARISON_HEADER, method_comparison_rows(results))
+    return scores_table(title, COMPARISON_HEADER, method_comparison_rows(results))
 
 
 def matrix_table(results: dict, method: str) -> Table:
     """`sdft sequence`: one method's accuracy matrix, one row per stage."""
     title = f"{method}: accuracy after each stage (world: {results['world']}, {seeds_label(results)})"
-    return _scores_table(title, ["stage", *results["tasks"], "general"], matrix_rows(results, method))
+    return scores_table(title, ["stage", *results["tasks"], "general"], matrix_rows(results, method))

@@ -16,6 +16,9 @@ class Row:
         None when the task does not say.
     question: the bare question, for a judge, when the prompt wraps it in more (an article in the oracle
         evaluation); None = the prompt is the question.
+    demos: a few-shot instance's demonstration pairs ((input, output), ...), the prompt being its query's input;
+        () for an ordinary row (sdft/tasks/fewshot.py builds few-shot rows, sdft/inference/ answers them).
+    instruction: a few-shot instance's task instruction, placed before its demos; None = none.
     """
 
     prompt: str
@@ -23,6 +26,8 @@ class Row:
     answer: str
     unseen: bool | None = None
     question: str | None = None
+    demos: tuple[tuple[str, str], ...] = ()
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
