@@ -106,3 +106,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def stop_after(n_steps: int):
+    """A stand-in for graceful_interrupt whose stop flag turns on after n_steps checks: a Ctrl-C after step n."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def fake_interrupt():
+        calls = {"n": 0}
+
+        def stop():
+            calls["n"] += 1
+            return calls["n"] > n_steps
+
+        yield stop
+
+    return fake_interrupt
+
+
+QA_FIELDS = {"prompt": "question", "demonstration": "response", "answer": "label"}
+"""qa_records' keys -> the row fields."""
+
+
+def doubling_task(rows: int = 12):
+    """A small task built from qa_records: `rows` training rows, the first 4 as its test split."""
+    from sdft.tasks.loading import rows_from_records
+    from sdft.tasks.spec import TaskSpec
+
+    built = rows_from_records(qa_records(rows), QA_FIELDS, "fixture")
+    return TaskSpec("doubling", "1", "fixture", "normalized", {"train": built, "test": built[:4]})

@@ -4,19 +4,17 @@ uninterrupted result."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import pytest
 import torch
 
-from conftest import qa_records
+from conftest import doubling_task, stop_after
 from sdft.adapters import wrap_with_lora
 from sdft.config import load_config
 from sdft.errors import UserError
 from sdft.methods import hf_session, loop, reinvoke
 from sdft.methods.stage import Stage
 from sdft.models import load_model
-from sdft.tasks.loading import rows_from_records
 from sdft.tasks.spec import TaskSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,8 +23,7 @@ FIELDS = {"prompt": "question", "demonstration": "response", "answer": "label"}
 
 @pytest.fixture
 def task() -> TaskSpec:
-    rows = rows_from_records(qa_records(12), FIELDS, "fixture")
-    return TaskSpec("doubling", "1", "fixture", "normalized", {"train": rows, "test": rows[:4]})
+    return doubling_task(12)
 
 
 def make_stage(tiny_model_dir, task, run_dir, *overrides, lora=False, resume=False) -> Stage:
@@ -84,20 +81,6 @@ def test_the_teacher_is_the_stage_start_model_and_sees_no_demonstration(tiny_mod
     assert any(not torch.equal(p, before[n]) for n, p in seen["after_sft"].items())  # SFT moved the student
 
 
-def _stop_after(n_steps):
-    @contextmanager
-    def fake_interrupt():
-        calls = {"n": 0}
-
-        def stop():
-            calls["n"] += 1
-            return calls["n"] > n_steps
-
-        yield stop
-
-    return fake_interrupt
-
-
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("phase", ["sft", "reinvoke"])
 def test_a_kill_in_either_phase_resumes_to_the_uninterrupted_result(tiny_model_dir, task, tmp_path, monkeypatch,
@@ -108,7 +91,7 @@ def test_a_kill_in_either_phase_resumes_to_the_uninterrupted_result(tiny_model_d
 
     killed = make_stage(tiny_model_dir, task, tmp_path / "b", lora=lora)
     module = hf_session if phase == "sft" else loop
-    monkeypatch.setattr(module, "graceful_interrupt", _stop_after(1))
+    monkeypatch.setattr(module, "graceful_interrupt", stop_after(1))
     with pytest.raises(KeyboardInterrupt):
         reinvoke.train_sft_reinvoke(killed)
     monkeypatch.undo()

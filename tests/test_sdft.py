@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import qa_records
+from conftest import doubling_task, stop_after
 from sdft.adapters import wrap_with_lora
 from sdft.config import ModelConfig, load_config
 from sdft.errors import UserError
@@ -20,7 +20,6 @@ from sdft.methods.rollout import completion_logits, prepare_rows, student_comple
 from sdft.methods.stage import Stage
 from sdft.methods.teacher import EmaAdapterTeacher, EmaCopyTeacher, EmaUpdateTeacher, FrozenAdapterTeacher, FrozenCopyTeacher
 from sdft.models import load_model
-from sdft.tasks.loading import rows_from_records
 from sdft.tasks.spec import TaskSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,8 +28,7 @@ FIELDS = {"prompt": "question", "demonstration": "response", "answer": "label"}
 
 @pytest.fixture
 def task() -> TaskSpec:
-    rows = rows_from_records(qa_records(12), FIELDS, "fixture")
-    return TaskSpec("doubling", "1", "fixture", "normalized", {"train": rows, "test": rows[:4]})
+    return doubling_task(12)
 
 
 def make_stage(tiny_model_dir, task, run_dir, *overrides, lora=False, dtype="float32", resume=False):
@@ -225,11 +223,11 @@ def test_frozen_teacher_is_the_in_memory_stage_start_not_the_disk(tiny_model_dir
                                                      ("ema", True, "adapter"), ("ema", True, "update")])
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir, task, tmp_path, monkeypatch, teacher, lora,
                                                                   lora_ema):
-    def final_state(run_dir, stop_after=None, resume=False):
+    def final_state(run_dir, stop_at=None, resume=False):
         stage = make_stage(tiny_model_dir, task, run_dir, f"train.teacher={teacher}", f"train.lora_ema={lora_ema}", lora=lora,
                            resume=resume)
-        if stop_after is not None:
-            monkeypatch.setattr(loop, "graceful_interrupt", _stop_after(stop_after))
+        if stop_at is not None:
+            monkeypatch.setattr(loop, "graceful_interrupt", stop_after(stop_at))
             with pytest.raises(KeyboardInterrupt):
                 sdft_method.train_sdft(stage)
             monkeypatch.undo()
@@ -240,7 +238,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_model_dir
                 {k: v.clone() for k, v in trainer_teacher.state_dict().items()})
 
     uninterrupted = final_state(tmp_path / "a")
-    final_state(tmp_path / "b", stop_after=3)  # Ctrl-C after step 3: checkpoint at step 3, not at 2 or 4
+    final_state(tmp_path / "b", stop_at=3)  # Ctrl-C after step 3: checkpoint at step 3, not at 2 or 4
     resumed = final_state(tmp_path / "b", resume=True)
     for expected, got in zip(uninterrupted, resumed):
         assert expected.keys() == got.keys() and expected
@@ -303,22 +301,6 @@ def test_resume_after_a_crash_mid_run_equals_an_uninterrupted_run(tiny_model_dir
         torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0)
     metrics = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3, 4]
-
-
-def _stop_after(n_steps):
-    from contextlib import contextmanager
-
-    @contextmanager
-    def fake_interrupt():
-        calls = {"n": 0}
-
-        def stop():
-            calls["n"] += 1
-            return calls["n"] > n_steps
-
-        yield stop
-
-    return fake_interrupt
 
 
 def test_nan_loss_stops_with_a_clear_message(tiny_model_dir, task, tmp_path, monkeypatch):
