@@ -17,10 +17,12 @@ from sdft.config.judge import JudgeConfig
 from sdft.config.root import Config, config_to_dict, load_config
 from sdft.config.sections import (EMBEDDED_MODEL, EMBEDDED_PRIOR_SKILLS, EMBEDDED_TASKS, CheckConfig, EvalConfig,
                                   HarnessConfig, LoraConfig, ModelConfig, SamplingConfig, TaskSourceConfig)
-from sdft.config.training import DIVERGENCES, METHOD_NAMES, TOPK_SOURCES, LossConfig, SequenceConfig, TrainConfig
+from sdft.config.training import (DIVERGENCES, METHOD_NAMES, TOPK_SOURCES, LossConfig, SequenceConfig, TrainConfig,
+                                  vocabulary_problems)
 
 __all__ = [
     "Config", "config_to_dict", "load_config", "ModelConfig", "LoraConfig", "SamplingConfig", "HarnessConfig",
     "EvalConfig", "CheckConfig", "TaskSourceConfig", "JudgeConfig", "LossConfig", "TrainConfig", "SequenceConfig",
     "EMBEDDED_MODEL", "EMBEDDED_TASKS", "EMBEDDED_PRIOR_SKILLS", "METHOD_NAMES", "DIVERGENCES", "TOPK_SOURCES",
+    "vocabulary_problems",
 ]
