@@ -98,6 +98,7 @@ def test_a_missing_data_file_is_named(world, tmp_path):
     eval_refused(world, tmp_path, "test.jsonl' not found")
 
 
-def test_an_overlong_prompt_is_named_by_row(world, tmp_path):
+def test_an_overlong_prompt_is_named_by_row_before_the_base_evaluation(world, tmp_path):
     refused_alone(invoke("train", world, "--set", "train.max_prompt_tokens=8", "--output", tmp_path / "run"),
                   "task 'doubling' split 'train' row 1: the prompt has", "over train.max_prompt_tokens=8")
+    assert not (tmp_path / "run" / "eval_before.json").exists()  # found before minutes of evaluation, not after
