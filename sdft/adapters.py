@@ -15,14 +15,17 @@ from torch import Tensor
 
 from sdft.config import LoraConfig
 from sdft.errors import UserError
+from sdft.files import write_folder_whole
 
 _INITIAL = "_sdft_initial_adapters"
 """The attribute of a wrapped model that holds its adapter as first initialised (for reset_adapters)."""
 
 
-def wrap_with_lora(model, lora: LoraConfig):
+def wrap_with_lora(model, lora: LoraConfig, seed: int | None = None):
     """Wrap the model with fresh LoRA adapters (peft); the base weights stay frozen. The fresh adapter is
-    recorded (one clone of it, on the model's device) so that reset_adapters can return to it."""
+    recorded (one clone of it, on the model's device) so that reset_adapters can return to it. With `seed`, the
+    adapters' random initial values are drawn from that seed, leaving the global generator as it was: a stage then
+    starts the same whatever ran before it in the process (a rerun sequence skips its finished stages)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -31,7 +34,10 @@ def wrap_with_lora(model, lora: LoraConfig):
         target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
     )
     try:
-        wrapped = get_peft_model(model, peft_config)
+        with torch.random.fork_rng(enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            wrapped = get_peft_model(model, peft_config)
     except ValueError as err:  # e.g. no module matches target_modules
         raise UserError(f"lora.target_modules {lora.target_modules} do not fit this model: {err}") from err
     setattr(wrapped, _INITIAL, snapshot_adapters(wrapped))
@@ -96,6 +102,6 @@ def merge_and_save(model, tokenizer, directory: str | Path):
     """Fold the adapter into the base weights (peft's merge_and_unload), save the merged model (safetensors) and
     the tokenizer to `directory`, and return the merged model: a plain model that loads with from_pretrained."""
     merged = model.merge_and_unload()
-    merged.save_pretrained(str(directory), safe_serialization=True)
-    tokenizer.save_pretrained(str(directory))
+    write_folder_whole(directory, lambda tmp: (merged.save_pretrained(str(tmp), safe_serialization=True),
+                                             tokenizer.save_pretrained(str(tmp))))
     return merged

@@ -13,6 +13,7 @@ from rich.markup import escape
 from sdft.config import Config, load_config
 from sdft.console import console, err_console
 from sdft.errors import UserError
+from sdft.files import refused_oserror
 
 # Our own progress bars say what is happening; the libraries' per-file bars only add noise.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -55,10 +56,12 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except UserError as err:
-            if _state["debug"]:
+        except (UserError, OSError) as err:
+            # a write the system refused inside a library's own writer (a saved model, the Trainer's checkpoint)
+            refused = refused_oserror(err) if isinstance(err, OSError) else err
+            if _state["debug"] or refused is None:
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(refused))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -67,10 +70,21 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _config(path: Path | None, overrides: list[str] | None, **cli_overrides) -> Config:
-    """The config file, then --set overrides, then the command's own options (which win)."""
+def _config(path: Path | None, overrides: list[str] | None, offline: bool = False, **cli_overrides) -> Config:
+    """The config file, then --set overrides, then the command's own options (which win). Then whether the command
+    may use the network (sdft/hub.py), before any hub library is imported: the libraries read that choice once, at
+    import, so every command imports its modules after calling this."""
+    from sdft.hub import choose_network, go_offline
+    from sdft.runs import lineage_of
+
     extra = [f"{key}={value}" for key, value in cli_overrides.items() if value is not None]
-    return load_config(path, [*(overrides or []), *extra])
+    cfg = load_config(path, [*(overrides or []), *extra])
+    if offline:
+        go_offline("a dry run reads local files only")
+    else:
+        lineage = lineage_of(cfg.model.name_or_path)  # a run folder's model needs its base model
+        choose_network(cfg, (lineage["base_model"],) if lineage else ())
+    return cfg
 
 
 def _split(names: str | None) -> list[str] | None:
@@ -87,10 +101,10 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check what can be checked offline and print the plan (steps, tokens, memory); train nothing.")] = False,
 ) -> None:
     """Learn one task from demonstrations with the config's method (sdft, sft, dft, cpt), evaluating before and after."""
+    cfg = _config(config, set_, offline=dry_run)
     from sdft.report import train_table
     from sdft.train_run import run_train
 
-    cfg = _config(config, set_)
     if dry_run:
         from sdft.dry_run import dry_run_train, print_dry_run
 
@@ -115,10 +129,10 @@ def eval_(
     prior_tasks: Annotated[bool, typer.Option(help="Evaluate a run on every task of its lineage and the general suite, next to its base model.")] = False,
 ) -> None:
     """Evaluate a model on tasks (greedy by default, batched) and on the general-capability suite."""
+    cfg = _config(config, set_, **{"model.name_or_path": model, "eval.limit": limit})
     from sdft.run_eval import plan_evaluation, run_eval
     from sdft.report import eval_table
 
-    cfg = _config(config, set_, **{"model.name_or_path": model, "eval.limit": limit})
     if prior_tasks:
         _eval_prior_tasks(cfg, output, _split(tasks))
         return
@@ -133,7 +147,7 @@ def _eval_prior_tasks(cfg: Config, output: Path | None, extra_tasks: list[str] |
     from sdft.run_eval import plan_evaluation
     from sdft.report import prior_table
 
-    plan = plan_evaluation(cfg, "eval", output, prior_task_names(cfg.model.name_or_path, extra_tasks))
+    plan = plan_evaluation(cfg, "eval-prior", output, prior_task_names(cfg.model.name_or_path, extra_tasks))
     results = run_prior_eval(plan)
     console.print(prior_table(results))
     console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
@@ -150,10 +164,10 @@ def check(
     limit: LimitOption = None,
 ) -> None:
     """In-context readiness: is the model with a demonstration in its prompt good enough to be its own teacher?"""
+    cfg = _config(config, set_, **{"model.name_or_path": model, "eval.limit": limit})
     from sdft.run_eval import plan_evaluation, run_check
     from sdft.report import check_table
 
-    cfg = _config(config, set_, **{"model.name_or_path": model, "eval.limit": limit})
     plan = plan_evaluation(cfg, "check", output, _split(tasks))
     results = run_check(plan)
     console.print(check_table(results))
@@ -176,12 +190,12 @@ def sequence(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check what can be checked offline and print every stage's plan; train nothing.")] = False,
 ) -> None:
     """Learn tasks one after another; evaluate every task after every stage; report forgetting."""
+    listed = lambda text: f"[{text}]" if text else None  # noqa: E731
+    cfg = _config(config, set_, offline=dry_run, **{"tasks": listed(",".join(tasks) if tasks else None),
+                                                   "sequence.methods": listed(methods), "sequence.seeds": listed(seeds)})
     from sdft.report import comparison_table, matrix_table
     from sdft.sequence import plan_sequence, run_sequence
 
-    listed = lambda text: f"[{text}]" if text else None  # noqa: E731
-    cfg = _config(config, set_, **{"tasks": listed(",".join(tasks) if tasks else None),
-                                   "sequence.methods": listed(methods), "sequence.seeds": listed(seeds)})
     if dry_run:
         from sdft.dry_run import dry_run_sequence, print_dry_run
 
@@ -224,10 +238,10 @@ def ttt(
 @user_errors
 def tasks_(config: ConfigOption = None, set_: SetOption = None) -> None:
     """List the known tasks with their source, version, scorer and split sizes."""
+    cfg = _config(config, set_)
     from sdft.report import tasks_table
     from sdft.tasks.registry import task_registry
 
-    cfg = _config(config, set_)
     registry = task_registry(cfg.custom_tasks, cfg.task_sources)
     console.print(tasks_table([load() for load in registry.values()]))
 

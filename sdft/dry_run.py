@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdft.config import Config
+from sdft.config import Config, vocabulary_problems
 from sdft.errors import UserError
 from sdft.judge import judge_problem
 from sdft.methods.registry import METHODS, method_of
@@ -254,6 +254,7 @@ def _stage_plan(cfg: Config, task, shapes: ModelShapes | str, tokenizer) -> Stag
         lines, plan.problems = length_lines(cfg, task, tokenizer)
         plan.lines.extend(lines)
     if isinstance(shapes, ModelShapes):
+        plan.problems.extend(vocabulary_problems(train, shapes.vocab))
         plan.lines.append("  memory estimate:")
         plan.lines.extend(memory_lines(cfg, shapes))
     return plan

@@ -7,12 +7,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdft.claim import claim_new
 from sdft.config import Config
 from sdft.errors import UserError
 from sdft.eval_service import EvalService, require_judge, world_of
 from sdft.evaluate import TaskEval
 from sdft.models import LoadedModel, load_model
-from sdft.runs import atomic_write_json, atomic_write_text, new_run_dir, write_run_header
+from sdft.runs import atomic_write_json, atomic_write_text, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 from sdft.tasks.spec import TaskSpec
 
@@ -37,7 +38,7 @@ def plan_evaluation(cfg: Config, command: str, output: str | Path | None, tasks:
         raise UserError(f"eval.harness.tasks and the general suite both name {sorted(clash)}; rename or drop one")
     specs, general = load_tasks(task_names, registry), load_tasks(general_names, registry)
     require_judge(cfg, specs + general)
-    return EvalPlan(cfg, specs, general, new_run_dir(output, command, cfg))
+    return EvalPlan(cfg, specs, general, claim_new(output, command, cfg).run_dir)
 
 
 def run_eval(plan: EvalPlan, teacher: bool = False) -> dict:

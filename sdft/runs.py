@@ -21,30 +21,34 @@ from typing import Any
 import yaml
 
 from sdft.config import Config, config_to_dict
+from sdft.errors import UserError
 from sdft.files import atomic_write_json, atomic_write_text  # noqa: F401  (the commands import them from here)
 
 _PACKAGES = ("sdft", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
 
 
+CONFIG_FILE, ENV_FILE = "config.yaml", "env.json"
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file sdft wrote; a damaged one (edited, or a disk fault: sdft's own writes are atomic) is one line."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is damaged (not JSON: {err}); restore it, or delete it to have it recomputed "
+                        "where it is a cache (base.json, row.json, eval_before.json)") from None
 
 
-def new_run_dir(output: str | Path | None, command: str, cfg: Config) -> Path:
-    """The folder a command writes to: --output if given, else <output_root>/<timestamp>-<command>."""
-    if output is not None:
-        run_dir = Path(output)
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.output_root) / f"{stamp}-{command}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def write_run_header(run_dir: Path, cfg: Config, command: str, device: str) -> None:
-    """config.yaml and env.json: enough to know later exactly what ran where."""
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    atomic_write_json(run_dir / "env.json", environment(command, device, cfg.seed))
+def write_run_header(run_dir: Path, cfg: Config, command: str, device: str, resumed: bool = False) -> None:
+    """env.json, then config.yaml: enough to know later exactly what ran where. env.json is written first because it
+    marks the folder as a run (sdft/claim.py). A resumed run keeps the first env.json and adds itself to its
+    "resumed" list; config.yaml then records the settings that may differ on resume (sdft/config/compare.py)."""
+    env, now = Path(run_dir) / ENV_FILE, environment(command, device, cfg.seed)
+    if resumed and env.is_file():
+        first = read_json(env)
+        now = {**first, "resumed": [*first.get("resumed", []), now]}
+    atomic_write_json(env, now)
+    atomic_write_text(Path(run_dir) / CONFIG_FILE, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def environment(command: str, device: str, seed: int) -> dict[str, Any]:

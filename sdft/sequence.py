@@ -24,17 +24,18 @@ from pathlib import Path
 import yaml
 
 from sdft.adapters import merge_and_save
-from sdft.config import Config, ModelConfig, config_to_dict, load_config
+from sdft.claim import claim_sequence
+from sdft.config import Config, ModelConfig, config_to_dict
 from sdft.config.mapping import apply_override
 from sdft.console import console
 from sdft.errors import UserError
 from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95
 from sdft.eval_service import EvalService, world_of
 from sdft.models import LoadedModel, load_model, resolve_device
-from sdft.runs import atomic_write_json, read_json, write_run_header
+from sdft.runs import ENV_FILE, atomic_write_json, read_json, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 from sdft.tasks.spec import TaskSpec
-from sdft.train_run import open_stage, train_stage
+from sdft.train_run import open_stage, require_fits_model, train_stage
 
 
 @dataclass
@@ -43,6 +44,8 @@ class SequencePlan:
     tasks: list[TaskSpec]
     general: list[TaskSpec]
     run_dir: Path
+    resuming: bool = False
+    """The folder holds an earlier run of this sequence (sdft/claim.py checked that its config allows going on)."""
     service: EvalService = field(init=False)
     """The run's evaluation service: one judge and the caches for every row of every chain."""
 
@@ -59,24 +62,11 @@ def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
         raise UserError(f"sequence.stages names {sorted(unknown)}, which are not tasks of this sequence {cfg.tasks}")
     for task in cfg.tasks:
         stage_config(cfg, task, cfg.sequence.methods[0], cfg.sequence.seeds[0])
-    run_dir = Path(output) if output else Path(cfg.output_root) / ("sequence-" + "-".join(cfg.tasks))
-    _claim(run_dir, cfg)
-    return SequencePlan(cfg, load_tasks(cfg.tasks, registry), load_tasks(cfg.eval.general, registry), run_dir)
-
-
-def _claim(run_dir: Path, cfg: Config) -> None:
-    """A run folder holds one sequence: the same config resumes it (other methods or seeds only add
-    chains beside the finished ones); any other difference is refused."""
-    written = run_dir / "config.yaml"
-    if written.is_file():
-        if _without_chains(load_config(written)) != _without_chains(cfg):
-            raise UserError(f"{run_dir} holds a sequence with a different config; pass another --output or delete it")
-        console.print(f"resuming the sequence in {run_dir} (finished stages are reused)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _without_chains(cfg: Config) -> Config:
-    return dataclasses.replace(cfg, sequence=dataclasses.replace(cfg.sequence, methods=[], seeds=[]))
+    tasks, general = load_tasks(cfg.tasks, registry), load_tasks(cfg.eval.general, registry)
+    claim = claim_sequence(Path(output) if output else Path(cfg.output_root) / ("sequence-" + "-".join(cfg.tasks)), cfg)
+    if claim.resuming:
+        console.print(f"resuming the sequence in {claim.run_dir} (finished stages are reused)")
+    return SequencePlan(cfg, tasks, general, claim.run_dir, claim.resuming)
 
 
 def stage_config(cfg: Config, task: str, method: str, seed: int) -> Config:
@@ -88,15 +78,23 @@ def stage_config(cfg: Config, task: str, method: str, seed: int) -> Config:
 
 
 def run_sequence(plan: SequencePlan) -> dict:
+    """The header of a new folder first; a resumed one gets its config.yaml (chains added) with its results.json at
+    the end, so that an interrupted extension leaves the earlier config and results side by side, both whole."""
     cfg, started = plan.cfg, time.perf_counter()
-    write_run_header(plan.run_dir, cfg, "sequence", str(resolve_device(cfg.model.device)))
+    require_fits_model([stage_config(cfg, t.name, m, cfg.sequence.seeds[0]) for m in cfg.sequence.methods
+                        for t in plan.tasks])
+    device = str(resolve_device(cfg.model.device))
+    if not plan.resuming:
+        write_run_header(plan.run_dir, cfg, "sequence", device)
     base = _cached_row(plan.run_dir / "base.json", lambda: _score_base(plan))
     chains = {m: {s: run_chain(plan, m, s, base) for s in cfg.sequence.seeds} for m in cfg.sequence.methods}
     results = aggregate(plan, chains, time.perf_counter() - started)
-    atomic_write_json(plan.run_dir / "results.json", results)
     from sdft.report import write_sequence_report
 
-    write_sequence_report(results, plan.run_dir)
+    write_sequence_report(results, plan.run_dir)  # report.md and plots first: results.json marks the run finished
+    if plan.resuming:
+        write_run_header(plan.run_dir, cfg, "sequence", device, resumed=True)
+    atomic_write_json(plan.run_dir / "results.json", results)
     return results
 
 
@@ -118,8 +116,8 @@ def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[di
 
 def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, stage_dir: Path, model_cfg: ModelConfig) -> dict:
     cfg = dataclasses.replace(stage_config(plan.cfg, task.name, method, seed), model=model_cfg)
-    resume = any(stage_dir.glob("**/checkpoints/*-*"))  # any phase's (sft_reinvoke keeps SFT's under sft/)
-    stage = open_stage(cfg, task, stage_dir, "sequence-stage", resume)
+    earlier_attempt = (stage_dir / ENV_FILE).is_file()
+    stage = open_stage(cfg, task, stage_dir, "sequence-stage", earlier_attempt)
     loaded = stage.loaded
     train_stage(stage)
     if cfg.lora.enabled:

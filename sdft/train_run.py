@@ -7,14 +7,16 @@ import dataclasses
 from pathlib import Path
 
 from sdft.adapters import wrap_with_lora
-from sdft.config import Config
+from sdft.claim import claim_new, claim_resume
+from sdft.config import Config, vocabulary_problems
 from sdft.errors import UserError
 from sdft.methods.harness import StageResult
 from sdft.methods.registry import method_of
-from sdft.methods.stage import Stage
-from sdft.models import load_model, process_state
+from sdft.methods.tokens import row_lengths, rows_within_caps
+from sdft.methods.stage import CHECKPOINT_DIR, Stage, holds_checkpoint
+from sdft.models import load_model, model_vocabulary, process_state
 from sdft.eval_service import EvalService, require_judge, world_of
-from sdft.runs import atomic_write_json, new_run_dir, read_json, write_lineage, write_run_header
+from sdft.runs import atomic_write_json, read_json, write_lineage, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 
 BEFORE_FILE = "eval_before.json"
@@ -22,20 +24,23 @@ BEFORE_FILE = "eval_before.json"
 
 def open_stage(cfg: Config, task, run_dir: Path, command: str, resume: bool, main: bool = True) -> Stage:
     """A stage ready to train: its start model loaded, train.epochs turned into steps for its data, and (on the main
-    process) config.yaml, env.json and lineage.json written. `sdft train` and every stage of `sdft sequence` start
-    here."""
+    process) env.json, config.yaml and lineage.json written. `resume`: the folder holds an earlier attempt of this
+    stage (claimed by the caller), which continues from its newest whole checkpoint, or from the start when it was
+    stopped before its first. `sdft train` and every stage of `sdft sequence` start here."""
     loaded = load_model(cfg.model)
     cfg = with_epochs_as_steps(cfg, task, loaded.tokenizer)  # config.yaml then shows the steps that run
     if main:
-        write_run_header(run_dir, cfg, command, str(loaded.device))
+        write_run_header(run_dir, cfg, command, str(loaded.device), resumed=resume)
         write_lineage(run_dir, cfg.model.name_or_path, task.name, cfg.train.method)
-    return Stage(cfg, loaded, task, run_dir, resume)
+    # any phase's checkpoint counts (sft_reinvoke keeps its SFT phase's under sft/checkpoints)
+    phases = [run_dir / CHECKPOINT_DIR, *run_dir.glob(f"*/{CHECKPOINT_DIR}")]
+    return Stage(cfg, loaded, task, run_dir, resume and any(holds_checkpoint(d) for d in phases))
 
 
 def train_stage(stage: Stage) -> StageResult:
     """Wrap the model with fresh LoRA adapters when lora.enabled, then train with the method's engine."""
     if stage.cfg.lora.enabled:
-        stage.loaded.model = wrap_with_lora(stage.loaded.model, stage.cfg.lora)
+        stage.loaded.model = wrap_with_lora(stage.loaded.model, stage.cfg.lora, seed=stage.cfg.seed)
     return method_of(stage.cfg).trainer(stage.cfg.train.engine)(stage)
 
 
@@ -63,10 +68,14 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     (task,), general = load_tasks([cfg.train.task], registry), load_tasks(general_names, registry)
     if cfg.train.evaluate:
         require_judge(cfg, [task, *general])
-    run_dir = new_run_dir(output, "train", cfg)
-    stage = open_stage(cfg, task, run_dir, "train", resume, main)
+    require_fits_model([cfg])
+    claim = claim_resume(output, "train", cfg) if resume else claim_new(output, "train", cfg)
+    processes.wait_for_everyone()  # every process has checked the folder before the main one writes into it
+    run_dir = claim.run_dir
+    stage = open_stage(cfg, task, run_dir, "train", claim.resuming, main)
     cfg, evaluate = stage.cfg, cfg.train.evaluate and main
     service = EvalService(cfg, general)
+    require_rows_fit(stage)
     before = _before(stage.loaded, service, task, run_dir) if evaluate else None
     result = train_stage(stage)
     after = service.score(stage.loaded, [task]) if evaluate else None
@@ -86,6 +95,24 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     if main:
         atomic_write_json(run_dir / "results.json", results)
     return results, run_dir
+
+
+def require_fits_model(cfgs: list[Config]) -> None:
+    """Settings that do not fit the model (its vocabulary, from config.json) stop here, before any weight loads."""
+    vocab = model_vocabulary(cfgs[0].model)
+    problems = [p for c in cfgs for p in vocabulary_problems(c.train, vocab)] if vocab is not None else []
+    if problems:
+        raise UserError(problems[0])
+
+
+def require_rows_fit(stage: Stage) -> None:
+    """With train.overlong_prompts=error, a training row over a length cap stops the run here, before the base
+    evaluation, rather than when training starts (the trainers check again; with 'skip' they count the skips)."""
+    train, caps = stage.cfg.train, method_of(stage.cfg).caps
+    if train.overlong_prompts != "error" or not caps:
+        return
+    lengths = row_lengths(stage.train_rows(), stage.task, stage.loaded.tokenizer, caps)
+    rows_within_caps(stage.task.name, train, [dict(zip(lengths, row)) for row in zip(*lengths.values())])
 
 
 def _before(loaded, service: EvalService, task, run_dir: Path) -> dict:

@@ -16,7 +16,8 @@ from sdft.errors import UserError
 from sdft.eval_cache import model_fingerprint
 from sdft.eval_service import EvalService, world_of
 from sdft.evaluate import TaskEval, task_eval
-from sdft.runs import atomic_write_json, atomic_write_text, new_run_dir, write_run_header
+from sdft.claim import claim_new, claim_resume, earlier_command
+from sdft.runs import atomic_write_json, atomic_write_text, write_run_header
 from sdft.tasks.augment import require_augmentations
 from sdft.tasks.fewshot import load_fewshot_tasks
 from sdft.tasks.registry import load_tasks, task_registry
@@ -40,7 +41,15 @@ def plan_ttt(cfg: Config, output: str | Path | None, dry_run: bool = False) -> T
     if cfg.eval.samples != 1 and any(p.startswith("ttt") for p in cfg.ttt.predictors):
         raise UserError("the ttt predictors answer once per view: set eval.samples=1")
     general = load_tasks(cfg.eval.general, task_registry(cfg.custom_tasks, cfg.task_sources)) if cfg.ttt.general else []
-    return TTTPlan(cfg, tasks, general, None if dry_run else new_run_dir(output, "ttt", cfg))
+    return TTTPlan(cfg, tasks, general, None if dry_run else _claim(output, cfg))
+
+
+def _claim(output: str | Path | None, cfg: Config) -> Path:
+    """The run folder: a new one, or (the same command on the same folder, as a sequence does) the earlier ttt run,
+    which resumes at the next instance when its config changes no result (sdft/claim.py names any key that does)."""
+    if output is not None and earlier_command(Path(output)) == "ttt":
+        return claim_resume(output, "ttt", cfg).run_dir
+    return claim_new(output, "ttt", cfg).run_dir
 
 
 def run_ttt(plan: TTTPlan) -> dict:
@@ -49,7 +58,7 @@ def run_ttt(plan: TTTPlan) -> dict:
 
     cfg = plan.cfg
     loaded = load_model(cfg.model)
-    write_run_header(plan.run_dir, cfg, "ttt", str(loaded.device))
+    write_run_header(plan.run_dir, cfg, "ttt", str(loaded.device), resumed=earlier_command(plan.run_dir) == "ttt")
     loaded.model = wrap_with_lora(loaded.model, cfg.ttt.lora)
     base = model_fingerprint(loaded.model, skip=".lora_")
     service = EvalService(cfg, plan.general, records_dir=plan.run_dir / "records")

@@ -108,6 +108,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _network_choice_undone():
+    """The CLI runs offline by setting HF_HUB_OFFLINE in the environment (sdft/hub.py): undo it after every test, so
+    that one test's choice never reaches the next one's subprocesses."""
+    import os
+
+    from sdft import hub
+
+    saved = os.environ.get(hub.OFFLINE_ENV)
+    yield
+    if saved is None:
+        os.environ.pop(hub.OFFLINE_ENV, None)
+    else:
+        os.environ[hub.OFFLINE_ENV] = saved
+    hub._state["offline_because"] = None
+
+
 def stop_after(n_steps: int):
     """A stand-in for graceful_interrupt whose stop flag turns on after n_steps checks: a Ctrl-C after step n."""
     from contextlib import contextmanager

@@ -7,7 +7,8 @@ import yaml
 
 from sdft.config import Config, config_to_dict, load_config
 from sdft.errors import UserError
-from sdft.runs import new_run_dir, write_run_header
+from sdft.claim import claim_new
+from sdft.runs import write_run_header
 
 
 def write(tmp_path, text):
@@ -68,7 +69,7 @@ def test_contradictions_and_bad_overrides_fail_before_any_model_loads(override, 
 
 def test_resolved_config_in_run_folder_holds_every_default(tmp_path):
     cfg = load_config(None, ["train.steps=5"])
-    run_dir = new_run_dir(tmp_path / "run", "eval", cfg)
+    run_dir = claim_new(tmp_path / "run", "eval", cfg).run_dir
     write_run_header(run_dir, cfg, "eval", "cpu")
     written = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert written == config_to_dict(cfg)

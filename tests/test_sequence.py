@@ -69,7 +69,7 @@ def test_two_methods_fill_the_whole_matrix_and_report(sequence_config, tmp_path)
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["methods"]["sdft"]["matrix"] == results["methods"]["sdft"]["matrix"]
     assert (tmp_path / "run" / "report.md").is_file()
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match=r"differs from its config.yaml in .*train.steps \(1 -> 2\)"):
         plan_sequence(sequence_config("sequence.methods=[sdft, sft]", "train.steps=2"), tmp_path / "run")
     # another seed only adds a chain beside the finished ones, which are reused as they are
     more = sequence_config("sequence.methods=[sdft, sft]", "train.steps=1", "sequence.seeds=[0, 1]",

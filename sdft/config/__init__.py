@@ -19,7 +19,7 @@ from sdft.config.root import Config, config_to_dict, load_config
 from sdft.config.sections import (EMBEDDED_MODEL, EMBEDDED_PRIOR_SKILLS, EMBEDDED_TASKS, CheckConfig, EvalConfig,
                                   HarnessConfig, LoraConfig, ModelConfig, SamplingConfig, TaskSourceConfig)
 from sdft.config.training import (DIVERGENCES, METHOD_NAMES, TOPK_SOURCES, LossConfig, ReinvokeConfig, SequenceConfig,
-                                  TrainConfig)
+                                  TrainConfig, vocabulary_problems)
 from sdft.config.ttt import PREDICTOR_NAMES, TTTConfig
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "EvalConfig", "CheckConfig", "TaskSourceConfig", "JudgeConfig", "LossConfig", "ReinvokeConfig", "TrainConfig",
     "SequenceConfig", "TTTConfig", "PREDICTOR_NAMES",
     "EMBEDDED_MODEL", "EMBEDDED_TASKS", "EMBEDDED_PRIOR_SKILLS", "METHOD_NAMES", "DIVERGENCES", "TOPK_SOURCES",
+    "vocabulary_problems",
 ]

@@ -10,9 +10,8 @@ import types
 
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-import yaml
-
 from sdft.config.renamed import renamed_hint
+from sdft.config.yamlfile import load_yaml_text
 from sdft.errors import UserError
 from sdft.suggest import did_you_mean
 
@@ -162,10 +161,7 @@ def _unknown_key(source: str, dotted: str, known: list[str]) -> UserError:
 
 
 def _parse_value(raw: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise UserError(f"{source}: the value is not valid YAML ({err})") from err
+    return load_yaml_text(raw, source) if raw.strip() else ""
 
 
 __all__ = ["from_mapping", "apply_override"]

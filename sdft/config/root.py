@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sdft.config.mapping import apply_override, from_mapping
 from sdft.config.sections import (EMBEDDED_TASKS, CheckConfig, EvalConfig, LoraConfig, ModelConfig, SamplingConfig,
                                   TaskSourceConfig)
 from sdft.config.training import SequenceConfig, TrainConfig
 from sdft.config.ttt import TTTConfig, ttt_checks
+from sdft.config.yamlfile import read_yaml_mapping
 from sdft.errors import UserError
 
 
@@ -109,27 +108,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        data, source = _read_yaml(Path(path)), str(path)
+        data, source = read_yaml_mapping(Path(path), "config file"), str(path)
     cfg = from_mapping(Config, data, source)
     for override in overrides or []:
         cfg = apply_override(cfg, override)
     return cfg.validate()
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"config file '{path}' not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    return data
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

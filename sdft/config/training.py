@@ -22,7 +22,7 @@ class LossConfig:
     divergence: "forward_kl" = KL(teacher || student), what every published SDFT result used; "reverse_kl" =
         KL(student || teacher); "jsd" = generalised Jensen-Shannon with weight `alpha` (TRL's convention, see
         `_jsd` in sdft/methods/losses.py); "sampled_token" = the single-sample reverse-KL estimator on the sampled token (needs the ids).
-    alpha: the JSD weight, in (0, 1); alpha -> 0 tends to alpha * forward KL, alpha -> 1 to (1 - alpha) * reverse KL.
+    alpha: the JSD weight, in (0, 1) (checked whatever the divergence); alpha -> 0 tends to alpha * forward KL, alpha -> 1 to (1 - alpha) * reverse KL.
     top_k: None = the full vocabulary; k = the k most probable tokens (of `topk_source`) plus one tail bucket.
     topk_source: whose distribution picks the top-k tokens: "teacher" or "student".
     skip_first_tokens: the first N real completion tokens of every sequence carry no loss (METHOD.md: 3).
@@ -41,8 +41,9 @@ class LossConfig:
         if self.divergence not in DIVERGENCES:
             hint = did_you_mean(self.divergence, DIVERGENCES)
             raise UserError(f"LossConfig.divergence: unknown '{self.divergence}'{hint}; choose from {DIVERGENCES}")
-        if self.divergence == "jsd" and not 0.0 < self.alpha < 1.0:
-            raise UserError(f"LossConfig.alpha must be in (0, 1) for divergence 'jsd', got {self.alpha}")
+        # checked whatever the divergence: an alpha out of range is a mistake even where 'jsd' is not chosen
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 < self.alpha < 1.0:
+            raise UserError(f"LossConfig.alpha must be in (0, 1), got {self.alpha!r} (it weighs divergence 'jsd' only)")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise UserError(f"LossConfig.top_k must be None or an integer >= 1, got {self.top_k!r}")
         if self.top_k is not None and self.divergence == "sampled_token":
@@ -53,6 +54,16 @@ class LossConfig:
             raise UserError(f"LossConfig.skip_first_tokens must be an integer >= 0, got {self.skip_first_tokens!r}")
         if not _is_int(self.chunk_size) or self.chunk_size < 1:
             raise UserError(f"LossConfig.chunk_size must be an integer >= 1, got {self.chunk_size!r}")
+
+
+def vocabulary_problems(train: "TrainConfig", vocab_size: int) -> list[str]:
+    """The settings that do not fit the model's vocabulary, known from its config.json before any weight loads
+    (the dry run and every training command check them there, not at the first step)."""
+    top_k = train.loss.top_k
+    if top_k is not None and top_k > vocab_size:
+        return [f"train.loss.top_k={top_k} is larger than the model's vocabulary ({vocab_size} tokens); use at most "
+                f"{vocab_size}, or null for the full vocabulary"]
+    return []
 
 
 def _is_int(value: object) -> bool:

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sdft.errors import UserError
+from sdft.files import refused_writes
 
 PREFIX = "step-"
 
@@ -39,10 +40,15 @@ def save_checkpoint(root: Path, step: int, model, teacher_state: dict, trainer_s
     final = Path(root) / f"{PREFIX}{step:06d}"
     tmp = Path(root) / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "student.safetensors"))
-    save_file({k: v.detach().contiguous() for k, v in teacher_state.items()}, str(tmp / "teacher.safetensors"))
-    torch.save(trainer_state, tmp / "trainer.pt")
+    try:
+        with refused_writes(final):
+            tmp.mkdir(parents=True)
+            save_file(trainable_state(model), str(tmp / "student.safetensors"))
+            save_file({k: v.detach().contiguous() for k, v in teacher_state.items()}, str(tmp / "teacher.safetensors"))
+            torch.save(trainer_state, tmp / "trainer.pt")
+    except UserError:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the newest whole checkpoint stays
+        raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in checkpoints(root)[:-keep]:
@@ -65,7 +71,7 @@ def latest_checkpoint(root: Path) -> Path:
 
 def load_checkpoint(path: Path, model) -> tuple[dict, dict]:
     """Restore the student's trainable weights in place; return (teacher state, trainer state)."""
-    student = load_file(str(Path(path) / "student.safetensors"))
+    student = _read(path, "student.safetensors", load_file)
     params = dict(model.named_parameters())
     misfits = student.keys() - params.keys() or {n for n, v in student.items() if v.shape != params[n].shape}
     if misfits:
@@ -75,6 +81,20 @@ def load_checkpoint(path: Path, model) -> tuple[dict, dict]:
     with torch.no_grad():
         for name, value in student.items():
             params[name].copy_(value)
-    teacher = load_file(str(Path(path) / "teacher.safetensors"))
-    trainer = torch.load(Path(path) / "trainer.pt", weights_only=False)  # our own file: optimizer + RNG states
+    teacher = _read(path, "teacher.safetensors", load_file)
+    # our own file: optimizer + RNG states
+    trainer = _read(path, "trainer.pt", lambda file: torch.load(file, weights_only=False))
     return teacher, trainer
+
+
+def _read(checkpoint: Path, name: str, reader):
+    """One file of a checkpoint. The loop writes checkpoints whole (a .tmp folder, then a rename), so a file that does
+    not read back was damaged afterwards (a disk fault, an edit): one line naming it and the way on, not a traceback."""
+    try:
+        return reader(str(Path(checkpoint) / name))
+    except Exception as err:  # safetensors, pickle and zip readers each raise their own types
+        older = [c for c in checkpoints(Path(checkpoint).parent) if c != Path(checkpoint)]
+        way_on = (f"delete {checkpoint} to resume from {older[-1]}" if older else
+                  "start again in a new --output (no older checkpoint is left)")
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot resume: {Path(checkpoint) / name} is damaged ({detail}); {way_on}") from err

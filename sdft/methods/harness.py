@@ -17,6 +17,7 @@ import torch
 from sdft.config import TrainConfig
 from sdft.console import err_console
 from sdft.errors import UserError
+from sdft.files import atomic_write_text, read_jsonl_records, write_folder_whole
 from sdft.tasks.spec import Row
 
 METRICS_FILE = "metrics.jsonl"
@@ -126,13 +127,14 @@ def _plain(value: Any) -> Any:
 
 
 def _truncate_after(path: Path, step: int | None) -> None:
+    """Keep the lines up to `step` (none when starting over); the torn last line of a killed run is dropped."""
     if not path.exists():
         return
     if step is None:
         path.unlink()
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [record for record in read_jsonl_records(path) if record["step"] <= step]
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def _tracker(name: str, run_dir: Path):
@@ -164,11 +166,8 @@ class StageResult:
 def save_model(model: torch.nn.Module, tokenizer, directory: Path) -> Path:
     """The trained model in Hugging Face format (safetensors); a LoRA model saves only its adapter, which
     records the base model's path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory), safe_serialization=True)
-    tokenizer.save_pretrained(str(directory))
-    return directory
+    return write_folder_whole(directory, lambda tmp: (model.save_pretrained(str(tmp), safe_serialization=True),
+                                                      tokenizer.save_pretrained(str(tmp))))
 
 
 @contextmanager

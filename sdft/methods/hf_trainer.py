@@ -4,6 +4,7 @@ non-finite guard that runs in on_log, before that step's checkpoint is written).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -14,13 +15,24 @@ from transformers import TrainerCallback
 from sdft.errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers' folder name: checkpoints/checkpoint-<step>
+TRAINER_STATE_FILE = "trainer_state.json"  # the last file the Trainer writes into a checkpoint
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest checkpoints/checkpoint-<step> folder, or None."""
+    """The newest whole checkpoints/checkpoint-<step> folder, or None. The Trainer writes a checkpoint in place, its
+    trainer_state.json last: a folder whose state does not read back was cut off by a kill and is passed over."""
     root = Path(checkpoint_dir)
-    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)
+             and _whole(p)]
     return max(found, key=checkpoint_step) if found else None
+
+
+def _whole(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def checkpoint_step(path: Path) -> int:

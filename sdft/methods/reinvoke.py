@@ -21,12 +21,10 @@ import dataclasses
 
 from sdft.errors import UserError
 from sdft.methods.harness import StageResult
-from sdft.methods.hf_trainer import latest_checkpoint
-from sdft.methods.checkpoint import checkpoints
 from sdft.methods.rollout import PreparedRow
 from sdft.methods.loop import run_loop
 from sdft.methods.sdft import build_trainer, train_step
-from sdft.methods.stage import Stage
+from sdft.methods.stage import CHECKPOINT_DIR, Stage, holds_checkpoint
 from sdft.methods.teacher import build_teacher
 from sdft.methods.tokens import demonstration_examples, rows_within_caps, student_prompt_ids
 
@@ -58,12 +56,12 @@ def phases(stage: Stage) -> tuple[Stage, Stage]:
     learning rate); each resumes when the stage resumes and it has a checkpoint."""
     train, reinvoke = stage.cfg.train, stage.cfg.train.reinvoke
     sft_dir = stage.run_dir / SFT_PHASE_DIR
-    sft_stage = Stage(stage.cfg, stage.loaded, stage.task, sft_dir,
-                      resume=stage.resume and latest_checkpoint(sft_dir / "checkpoints") is not None)
+    sft_stage = Stage(stage.cfg, stage.loaded, stage.task, sft_dir, resume=stage.resume and holds_checkpoint(
+        sft_dir / CHECKPOINT_DIR))
     phase_train = dataclasses.replace(train, steps=reinvoke.steps, epochs=None,
                                       learning_rate=reinvoke.learning_rate or train.learning_rate)
     reinvoke_stage = Stage(dataclasses.replace(stage.cfg, train=phase_train), stage.loaded, stage.task, stage.run_dir,
-                           resume=stage.resume and bool(checkpoints(stage.checkpoint_dir)))
+                           resume=stage.resume and holds_checkpoint(stage.checkpoint_dir))
     return sft_stage, reinvoke_stage
 
 

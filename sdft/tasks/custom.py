@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sdft.config.mapping import from_mapping
+from sdft.config.yamlfile import read_yaml_mapping
 from sdft.errors import UserError
 from sdft.scoring import get_scorer
 from sdft.tasks.loading import DataSource, load_records, rows_from_records
@@ -44,14 +43,7 @@ class CustomTaskFile:
 
 def read_custom_task_file(path: str | Path) -> CustomTaskFile:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"custom task file '{path}' not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of keys")
+    data = read_yaml_mapping(path, "custom task file")
     for required in ("name", "scorer", "splits"):
         if required not in data:
             raise UserError(f"{path}: missing key '{required}'")

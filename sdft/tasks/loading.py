@@ -47,9 +47,18 @@ def load_records(source: DataSource) -> list[dict[str, Any]]:
     return readers[path.suffix](path)
 
 
+def _text_of(path: Path) -> str:
+    """The file's text; a binary file (or another encoding) is one line naming the file, not a traceback."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a text file (byte {err.start} is not UTF-8); is it the data file you "
+                        "meant?") from None
+
+
 def _jsonl_records(path: Path) -> list[dict[str, Any]]:
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_text_of(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -61,7 +70,7 @@ def _jsonl_records(path: Path) -> list[dict[str, Any]]:
 
 def _json_records(path: Path) -> list[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_text_of(path))
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
     if not isinstance(data, list):
@@ -70,23 +79,34 @@ def _json_records(path: Path) -> list[dict[str, Any]]:
 
 
 def _parquet_records(path: Path) -> list[dict[str, Any]]:
-    import datasets
+    # pyarrow directly: datasets.load_dataset would copy the file into its cache first
+    import pyarrow
+    import pyarrow.parquet
 
-    return list(datasets.load_dataset("parquet", data_files=str(path), split="train"))
+    try:
+        return pyarrow.parquet.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError) as err:
+        raise UserError(f"{path}: not a readable parquet file ({_first_line(err)})") from None
 
 
 def _disk_records(path: Path, split: str | None) -> list[dict[str, Any]]:
     import datasets
+    import pyarrow
 
     try:
         loaded = datasets.load_from_disk(str(path))
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: not a datasets save_to_disk folder ({err})") from err
+    except (OSError, ValueError, pyarrow.ArrowException) as err:  # FileNotFoundError, damaged arrow or json files
+        raise UserError(f"{path}: not a readable datasets save_to_disk folder ({_first_line(err)})") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise UserError(f"{path}: name one of its splits with 'split:' (it has {', '.join(loaded)})")
         loaded = loaded[split]
     return list(loaded)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _hub_records(source: DataSource) -> list[dict[str, Any]]:
@@ -104,24 +124,49 @@ def _hub_records(source: DataSource) -> list[dict[str, Any]]:
 def rows_from_records(
     records: list[dict[str, Any]], fields: dict[str, str], where: str
 ) -> list[Row]:
-    """Rows from raw records; `fields` maps a Row field to the record key holding it."""
+    """Rows from raw records; `fields` maps a Row field to the record key holding it. A split with no records is
+    an error here, where the file is known (later it would read as "no row fits the length caps", or score 0 of 0)."""
+    if not records:
+        raise UserError(f"{where}: holds no rows; a split needs at least one")
     rows = []
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise UserError(f"{where}: row {number} is not a JSON object")
         values = {f: _text_field(record, f, fields.get(f, f), where, number) for f in ROW_FIELDS}
-        unseen_key = fields.get("unseen", "unseen")
-        unseen = record.get(unseen_key)
-        rows.append(Row(**values, unseen=None if unseen is None else bool(unseen)))
+        unseen = _unseen_field(record, fields.get("unseen", "unseen"), where, number)
+        rows.append(Row(**values, unseen=unseen))
     return rows
 
 
 def _text_field(record: dict[str, Any], row_field: str, key: str, where: str, number: int) -> str:
+    """A non-blank string: a number, list or mapping is refused, not turned into text (the scorer would compare
+    '42' or '["a"]' with the model's answer, which is rarely what was meant)."""
+    mapped = f" (the row's {row_field})" if key != row_field else ""
     if key not in record or record[key] is None:
-        mapped = f" (the row's {row_field})" if key != row_field else ""
         raise UserError(f"{where}: row {number} has no field '{key}'{mapped}; fix the data or the task's field mapping")
     value = record[key]
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
+    if not isinstance(value, str):
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise UserError(f"{where}: row {number} field '{key}'{mapped} must be text, got {_kind(value)} {shown}; "
+                        "write it as a JSON string")
+    if not value.strip():
+        raise UserError(f"{where}: row {number} field '{key}'{mapped} is empty")
+    return value
 
+
+def _unseen_field(record: dict[str, Any], key: str, where: str, number: int) -> bool | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    if value not in (True, False) or isinstance(value, (str, float)):  # bool("no") would be True; 0 and 1 are fine
+        raise UserError(f"{where}: row {number} field '{key}' must be true, false or null, got {json.dumps(value)}")
+    return bool(value)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)

@@ -35,6 +35,8 @@ def hub_records(hub: str, name: str | None, split: str, revision: str | None) ->
 
 
 def _as_dicts(records: list, where: str) -> list[dict]:
+    if not records:
+        raise UserError(f"{where}: holds no rows")
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise UserError(f"{where}: row {number} is not a JSON object")
