@@ -59,6 +59,14 @@ def claim_resume(output: str | Path, command: str, cfg: Config) -> Claim:
     return Claim(run_dir, resuming=True)
 
 
+def claim_continuing(output: str | Path | None, command: str, cfg: Config) -> Claim:
+    """For commands whose rerun on the same folder continues (`sdft ttt`): the earlier run of `command` in `output`
+    under a config that changes no result, else a new folder."""
+    if output is not None and earlier_command(Path(output)) == command:
+        return claim_resume(output, command, cfg)
+    return claim_new(output, command, cfg)
+
+
 def claim_sequence(run_dir: Path, cfg: Config) -> Claim:
     """A sequence folder: new, or an earlier sequence whose config differs at most in its chains."""
     _require_writable(run_dir)

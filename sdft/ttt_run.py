@@ -16,7 +16,7 @@ from sdft.errors import UserError
 from sdft.eval_cache import model_fingerprint
 from sdft.eval_service import EvalService, world_of
 from sdft.evaluate import TaskEval, task_eval
-from sdft.claim import claim_new, claim_resume, earlier_command
+from sdft.claim import Claim, claim_continuing
 from sdft.runs import atomic_write_json, atomic_write_text, write_run_header
 from sdft.tasks.augment import require_augmentations
 from sdft.tasks.fewshot import load_fewshot_tasks
@@ -31,7 +31,12 @@ class TTTPlan:
     cfg: Config
     tasks: list[TaskSpec]
     general: list[TaskSpec]
-    run_dir: Path | None
+    claim: Claim | None
+    """The run folder (None for a dry run); rerunning on it continues at the next instance."""
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.claim.run_dir if self.claim else None
 
 
 def plan_ttt(cfg: Config, output: str | Path | None, dry_run: bool = False) -> TTTPlan:
@@ -41,15 +46,7 @@ def plan_ttt(cfg: Config, output: str | Path | None, dry_run: bool = False) -> T
     if cfg.eval.samples != 1 and any(p.startswith("ttt") for p in cfg.ttt.predictors):
         raise UserError("the ttt predictors answer once per view: set eval.samples=1")
     general = load_tasks(cfg.eval.general, task_registry(cfg.custom_tasks, cfg.task_sources)) if cfg.ttt.general else []
-    return TTTPlan(cfg, tasks, general, None if dry_run else _claim(output, cfg))
-
-
-def _claim(output: str | Path | None, cfg: Config) -> Path:
-    """The run folder: a new one, or (the same command on the same folder, as a sequence does) the earlier ttt run,
-    which resumes at the next instance when its config changes no result (sdft/claim.py names any key that does)."""
-    if output is not None and earlier_command(Path(output)) == "ttt":
-        return claim_resume(output, "ttt", cfg).run_dir
-    return claim_new(output, "ttt", cfg).run_dir
+    return TTTPlan(cfg, tasks, general, None if dry_run else claim_continuing(output, "ttt", cfg))
 
 
 def run_ttt(plan: TTTPlan) -> dict:
@@ -58,7 +55,7 @@ def run_ttt(plan: TTTPlan) -> dict:
 
     cfg = plan.cfg
     loaded = load_model(cfg.model)
-    write_run_header(plan.run_dir, cfg, "ttt", str(loaded.device), resumed=earlier_command(plan.run_dir) == "ttt")
+    write_run_header(plan.run_dir, cfg, "ttt", str(loaded.device), resumed=plan.claim.resuming)
     loaded.model = wrap_with_lora(loaded.model, cfg.ttt.lora)
     base = model_fingerprint(loaded.model, skip=".lora_")
     service = EvalService(cfg, plan.general, records_dir=plan.run_dir / "records")
