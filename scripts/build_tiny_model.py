@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from sdft.prompts import render_prompt, teacher_prompt  # noqa: E402
 from sdft.scoring import get_scorer  # noqa: E402
 from sdft.tasks import embedded as E  # noqa: E402
+from sdft.tasks import knowledge_world as K  # noqa: E402
 
 SEED = 1234
 SPECIALS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -62,7 +63,7 @@ MODEL = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_at
 # (the induction/copy mechanism is what lets the teacher read a demonstration).
 COUNTS = dict(prior_plain=6000, task_plain_epochs=4, prior_teacher=250, task_teacher=400, task_copy=1800,
               generic_copy=2500, lookup=3000, noisy=0.25, early_prior_share=80, early_copy_share=100,
-              early_lookup_share=100)
+              early_lookup_share=100, knowledge_reps=8, knowledge_reading=3000, knowledge_teacher_share=60)
 # task_copy was 1200 up to world v4; with whole-word disease names, builds at 1200 (and one at scale 1.8) missed a
 # teacher's readiness bar, and 1800 met every bar.
 # early_*_share: the percentage of that kind placed in the copy-rich warm-up phase. All generic copies early
@@ -164,6 +165,26 @@ def lookup(rng: random.Random) -> tuple[str, str]:
     return f"Which option shows {values[pick]}?\n{options}", f"{E.LEAD} {values[pick]} {unit} ({letter}).\n<answer>{letter}</answer>"
 
 
+def knowledge_items(rng: random.Random, n, noisy) -> tuple[list, list]:
+    """The knowledge world (sdft/tasks/knowledge_world.py). Known: the background events' facts asked closed-book in
+    every phrasing (train, test, ood), `knowledge_reps` times each, so the model stores facts it can be asked about
+    any way (the task's own events never appear). Reading: random events' articles in the oracle prompt and in the
+    teacher prompt (article + answer), every question kind, so it answers from an article it is shown."""
+    from sdft.tasks.articles import ORACLE_TEMPLATE
+
+    known = [(q, E.own_answer_text(a), False) for event in K.events("background", E.VERSION) for split in K.SPLITS
+             for q, a in K.questions(event, split)] * COUNTS["knowledge_reps"]
+    reading = []
+    for _ in range(n("knowledge_reading")):
+        event = K.make_event(rng)
+        q, a = rng.choice(K.questions(event, rng.choice(K.SPLITS)))
+        reading.append((ORACLE_TEMPLATE.format(title=event.title, text=K.article(event), question=q), E.own_answer_text(a), False))
+        if rng.random() < COUNTS["knowledge_teacher_share"] / 100:
+            demo = f"{event.title}\n{K.article(event)}\n\nAnswer: {a}"
+            reading.append((teacher_prompt(q, demo), E.own_answer_text(a), noisy()))
+    return known, reading
+
+
 def corpus(scale: float) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str, bool]]]:
     """(user turn, own-style answer, noisy) triples in two phases: a copy-rich warm-up (most plain prior
     items, every generic copy and lookup, so the induction/copy mechanism forms early), then the new tasks
@@ -193,6 +214,9 @@ def corpus(scale: float) -> tuple[list[tuple[str, str, bool]], list[tuple[str, s
     copies = [generic_copy(rng) for _ in range(n("generic_copy"))]
     copies = [(teacher_prompt(p, d), own, noisy()) for p, d, own, _ in copies]
     half = len(copies) * COUNTS["early_copy_share"] // 100
+    known, reading = knowledge_items(rng, n, noisy)
+    early += known[: len(known) // 2]
+    rest += known[len(known) // 2:] + reading
     lookups = [(*lookup(rng), False) for _ in range(n("lookup"))]
     split = len(lookups) * COUNTS["early_lookup_share"] // 100
     early += lookups[:split]
@@ -296,7 +320,8 @@ def probe(model, tokenizer, limit: int = 12) -> None:
     model.eval()
     scores = {f"{name}{'/T' if teacher else ''}": accuracy(model, tokenizer, name, teacher, limit)["overall"]
               for name, teacher in [("repeat", False), ("last_word", False), ("join", False),
-                                    ("tools", True), ("medical", True), ("science", True)]}
+                                    ("tools", True), ("medical", True), ("science", True),
+                                    ("knowledge_oracle", False)]}
     print("probe " + " ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
     model.train()
 
@@ -319,18 +344,26 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return out
 
 
-def accuracy(model, tokenizer, name: str, teacher: bool, limit: int | None = None) -> dict[str, float]:
-    """Accuracy on the test split of `name` (overall and on the unseen rows), student or teacher prompt."""
-    spec = E.load_embedded_task(name)
-    rows = spec.split("test")[:limit]
+def accuracy(model, tokenizer, name: str, teacher: bool, limit: int | None = None, split: str = "test") -> dict[str, float]:
+    """Accuracy on a split of task `name` (overall and on the unseen rows), student or teacher prompt."""
+    from sdft.tasks.registry import load_tasks, task_registry
+
+    spec = load_tasks([name], task_registry())[0]
+    rows = spec.rows(split, limit)
     users = [teacher_prompt(r.prompt, r.demonstration) if teacher else r.prompt for r in rows]
     prompts = [render_prompt(tokenizer, u, spec.system_prompt) for u in users]
-    longest = max(len(tokenizer(own)["input_ids"]) for _, own in E.own_answer_rows(name, "test"))
-    responses = generate(model, tokenizer, prompts, longest + 8)
+    responses = generate(model, tokenizer, prompts, _longest_answer(tokenizer, name) + 8)
     scorer = get_scorer(spec.scorer)
     scores = [scorer(resp, row.answer) for resp, row in zip(responses, rows)]
     unseen = [s for s, row in zip(scores, rows) if row.unseen]
     return {"overall": sum(scores) / len(scores), "unseen": sum(unseen) / len(unseen) if unseen else float("nan")}
+
+
+def _longest_answer(tokenizer, name: str) -> int:
+    if name.startswith("knowledge"):
+        answers = [a for e in K.events("task", E.VERSION) for s in K.SPLITS for _, a in K.questions(e, s)]
+        return max(len(tokenizer(E.own_answer_text(a))["input_ids"]) for a in answers)
+    return max(len(tokenizer(own)["input_ids"]) for _, own in E.own_answer_rows(name, "test"))
 
 
 def readiness(model, tokenizer, limit: int | None = None) -> dict:
@@ -338,6 +371,12 @@ def readiness(model, tokenizer, limit: int | None = None) -> dict:
     for task in E.TASKS:
         report[task] = {"student": accuracy(model, tokenizer, task, False, limit),
                         "teacher": accuracy(model, tokenizer, task, True, limit)}
+    report["knowledge"] = {
+        **{f"student_{split}": accuracy(model, tokenizer, "knowledge", False, limit, split)["overall"]
+           for split in K.SPLITS},
+        **{f"oracle_{split}": accuracy(model, tokenizer, "knowledge_oracle", False, limit, split)["overall"]
+           for split in ("test", "ood")},
+        "teacher_train": accuracy(model, tokenizer, "knowledge", True, limit, "train")["overall"]}
     return report
 
 
@@ -349,6 +388,10 @@ def print_readiness(report: dict) -> None:
         print(f"task   {task:<11} student {s['overall']:.3f} (unseen {s['unseen']:.3f})   "
               f"teacher {t['overall']:.3f} (unseen {t['unseen']:.3f})   "
               f"(need student 0.20-0.70, unseen <= 0.10; teacher >= 0.90 both)")
+    k = report["knowledge"]
+    print(f"knowledge  student train/test/ood {k['student_train']:.3f}/{k['student_test']:.3f}/{k['student_ood']:.3f} "
+          f"(need <= 0.10 each)   oracle test/ood {k['oracle_test']:.3f}/{k['oracle_ood']:.3f} (need test >= 0.90)   "
+          f"teacher train {k['teacher_train']:.3f}")
 
 
 # --- main ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from sdft.generation import Generation
 from sdft.metrics import mean_pass_at_k
 from sdft.models import LoadedModel
 from sdft.errors import UserError
-from sdft.scoring import JUDGED, get_scorer, is_judged
+from sdft.scoring import JUDGED, METRICS, get_scorer, is_judged
 from sdft.tasks.spec import Row, TaskSpec
 
 ProgressCallback = Callable[[int], None]
@@ -96,8 +96,15 @@ def batch_scorer(task: TaskSpec, judge=None) -> BatchScorer:
             raise UserError(f"task '{task.name}' is graded by an LLM judge and no judge is configured "
                             "(eval.judge.backend: openai with url and model, or local)")
         return lambda responses, rows: _judged(judge, JUDGED[task.scorer], responses, rows)
-    scorer = get_scorer(task.scorer)
-    return lambda responses, rows: [{"score": scorer(t, r.answer)} for t, r in zip(responses, rows)]
+    scorer, extra = get_scorer(task.scorer), METRICS.get(task.scorer, {})
+
+    def score(responses: list[str], rows: list[Row]) -> list[dict]:
+        graded = [{"score": scorer(text, row.answer)} for text, row in zip(responses, rows)]
+        for entry, text, row in zip(graded, responses, rows):
+            if extra:
+                entry["metrics"] = {name: grade(text, row.answer) for name, grade in extra.items()}
+        return graded
+    return score
 
 
 def _judged(judge, rubric: str, responses: list[str], rows: list[Row]) -> list[dict]:

@@ -4,7 +4,7 @@ config's model, evaluate through the evaluation service (sdft/eval_service.py), 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdft.claim import claim_new
@@ -26,6 +26,8 @@ class EvalPlan:
     tasks: list[TaskSpec]
     general: list[TaskSpec]
     run_dir: Path
+    oracles: dict[str, TaskSpec] = field(default_factory=dict)
+    """check: task name -> its oracle view (`<task>_oracle`, the source in the prompt) where the registry has one."""
 
 
 def plan_evaluation(cfg: Config, command: str, output: str | Path | None, tasks: list[str] | None) -> EvalPlan:
@@ -37,8 +39,11 @@ def plan_evaluation(cfg: Config, command: str, output: str | Path | None, tasks:
     if clash:
         raise UserError(f"eval.harness.tasks and the general suite both name {sorted(clash)}; rename or drop one")
     specs, general = load_tasks(task_names, registry), load_tasks(general_names, registry)
-    require_judge(cfg, specs + general)
-    return EvalPlan(cfg, specs, general, claim_new(output, command, cfg).run_dir)
+    oracles = {}
+    if command == "check":  # the readiness table shows what the model does with the source in its prompt
+        oracles = {t.name: registry[f"{t.name}_oracle"]() for t in specs if f"{t.name}_oracle" in registry}
+    require_judge(cfg, specs + general + list(oracles.values()))
+    return EvalPlan(cfg, specs, general, claim_new(output, command, cfg).run_dir, oracles)
 
 
 def run_eval(plan: EvalPlan, teacher: bool = False) -> dict:
@@ -63,10 +68,12 @@ def run_check(plan: EvalPlan) -> dict:
     """Student (plain prompt) against teacher (prompt + demonstration) on every task, and a verdict."""
     loaded, service = _load(plan, "check"), EvalService(plan.cfg, plan.general)
     jobs = [(t, teacher) for t in plan.tasks for teacher in (False, True)] + [(g, False) for g in plan.general]
+    jobs += [(oracle, False) for oracle in plan.oracles.values()]
     evals = service.evaluate(loaded, jobs)
     pairs = [evals[2 * i : 2 * i + 2] for i in range(len(plan.tasks))]
-    general_evals = evals[2 * len(plan.tasks) :]
-    scores = {student.task: _check_scores(student, teacher) for student, teacher in pairs}
+    general_evals = evals[2 * len(plan.tasks) : len(evals) - len(plan.oracles)]
+    oracle = dict(zip(plan.oracles, evals[len(evals) - len(plan.oracles) :]))
+    scores = {student.task: _check_scores(student, teacher, oracle.get(student.task)) for student, teacher in pairs}
     verdict, reasons = readiness_verdict(scores, plan.cfg)
     results = {
         "model": plan.cfg.model.name_or_path,
@@ -81,8 +88,9 @@ def run_check(plan: EvalPlan) -> dict:
     return results
 
 
-def _check_scores(student: TaskEval, teacher: TaskEval) -> dict:
+def _check_scores(student: TaskEval, teacher: TaskEval, oracle: TaskEval | None) -> dict:
     return {
+        **({"oracle": oracle.accuracy} if oracle else {}),
         "student": student.accuracy,
         "teacher": teacher.accuracy,
         "unseen_student": student.unseen_accuracy,

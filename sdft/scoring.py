@@ -72,6 +72,13 @@ def normalized_match(prediction: str, answer: str) -> float:
     return float(normalize(final_answer(prediction)) == normalize(answer) != "")
 
 
+def contained_match(prediction: str, answer: str) -> float:
+    """Right when the normalised reference appears, as whole words, in the normalised response (the lenient
+    grade of a free-text answer: 'It hit Lima, I think' counts for 'Lima')."""
+    reference = normalize(answer)
+    return float(reference != "" and f" {reference} " in f" {normalize(prediction)} ")
+
+
 # --- tool calls (ReAct: "Action: name" then "Action Input: {json}") ---------------------------------
 
 _ACTION = re.compile(r"^\s*Action\s*:\s*(.+?)\s*$", re.MULTILINE)
@@ -129,7 +136,10 @@ SCORERS: dict[str, Scorer] = {
     "tool_call": tool_call_match,
     "exact": exact_match,
     "normalized": normalized_match,
+    "knowledge": normalized_match,  # strict; its lenient grade is in METRICS
 }
+METRICS: dict[str, dict[str, Scorer]] = {"knowledge": {"lenient": contained_match}}
+"""Scorer name -> further grades recorded beside its score (evaluate.py reports each as `<name>_accuracy`)."""
 
 
 JUDGED: dict[str, str] = {"judge_medical": "medical", "judge_knowledge": "knowledge"}

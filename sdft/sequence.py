@@ -31,6 +31,7 @@ from sdft.console import console
 from sdft.errors import UserError
 from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95
 from sdft.eval_service import EvalService, world_of
+from sdft.knowledge_table import knowledge_table
 from sdft.models import LoadedModel, load_model, resolve_device
 from sdft.runs import ENV_FILE, atomic_write_json, read_json, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
@@ -46,6 +47,8 @@ class SequencePlan:
     run_dir: Path
     resuming: bool = False
     """The folder holds an earlier run of this sequence (sdft/claim.py checked that its config allows going on)."""
+    also: list[TaskSpec] = field(default_factory=list)
+    """`eval.tasks` beyond the chain's: evaluated in every row, never trained (e.g. knowledge_ood, knowledge_oracle)."""
     service: EvalService = field(init=False)
     """The run's evaluation service: one judge and the caches for every row of every chain."""
 
@@ -57,23 +60,33 @@ def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
     """Check every name and every per-stage override before anything trains."""
     registry = task_registry(cfg.custom_tasks, cfg.task_sources)
     require_known([*cfg.tasks, *cfg.eval.general], registry)
+    require_known(cfg.eval.tasks, registry)
     unknown = set(cfg.sequence.stages) - set(cfg.tasks)
     if unknown:
         raise UserError(f"sequence.stages names {sorted(unknown)}, which are not tasks of this sequence {cfg.tasks}")
+    unknown = set(cfg.sequence.method_overrides) - set(cfg.sequence.methods)
+    if unknown:
+        raise UserError(f"sequence.method_overrides names {sorted(unknown)}, which are not in sequence.methods "
+                        f"{cfg.sequence.methods}")
     for task in cfg.tasks:
-        stage_config(cfg, task, cfg.sequence.methods[0], cfg.sequence.seeds[0])
+        for method in cfg.sequence.methods:
+            stage_config(cfg, task, method, cfg.sequence.seeds[0])
     tasks, general = load_tasks(cfg.tasks, registry), load_tasks(cfg.eval.general, registry)
+    also = load_tasks([t for t in cfg.eval.tasks if t not in cfg.tasks], registry)
     claim = claim_sequence(Path(output) if output else Path(cfg.output_root) / ("sequence-" + "-".join(cfg.tasks)), cfg)
     if claim.resuming:
         console.print(f"resuming the sequence in {claim.run_dir} (finished stages are reused)")
-    return SequencePlan(cfg, tasks, general, claim.run_dir, claim.resuming)
+    return SequencePlan(cfg, tasks, general, claim.run_dir, claim.resuming, also)
 
 
 def stage_config(cfg: Config, task: str, method: str, seed: int) -> Config:
-    """The config of one stage: train.task/method and the seed set, then sequence.stages[task] overrides."""
+    """The config of one stage: train.task/method and the seed set, then sequence.stages[task] and
+    sequence.method_overrides[method] overrides."""
     stage = dataclasses.replace(cfg, seed=seed, train=dataclasses.replace(cfg.train, task=task, method=method))
-    for key, value in cfg.sequence.stages.get(task, {}).items():
-        stage = apply_override(stage, f"train.{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    overrides = [(f"train.{key}", value) for key, value in cfg.sequence.stages.get(task, {}).items()]
+    overrides += list(cfg.sequence.method_overrides.get(method, {}).items())
+    for key, value in overrides:
+        stage = apply_override(stage, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
     return stage.validate()
 
 
@@ -100,7 +113,7 @@ def run_sequence(plan: SequencePlan) -> dict:
 
 def _score_base(plan: SequencePlan) -> dict:
     """Row 0: the base model, loaded only to be evaluated and freed on return (each stage loads its own start)."""
-    return plan.service.score(load_model(plan.cfg.model), plan.tasks)
+    return plan.service.score(load_model(plan.cfg.model), plan.tasks + plan.also)
 
 
 def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[dict]:
@@ -116,13 +129,15 @@ def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[di
 
 def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, stage_dir: Path, model_cfg: ModelConfig) -> dict:
     cfg = dataclasses.replace(stage_config(plan.cfg, task.name, method, seed), model=model_cfg)
+    if cfg.task_sources != plan.cfg.task_sources:  # a method override changed where (or how) the task's rows come from
+        task = load_tasks([task.name], task_registry(cfg.custom_tasks, cfg.task_sources))[0]
     earlier_attempt = (stage_dir / ENV_FILE).is_file()
     stage = open_stage(cfg, task, stage_dir, "sequence-stage", earlier_attempt)
     loaded = stage.loaded
     train_stage(stage)
     if cfg.lora.enabled:
         loaded.model = _merge(loaded, _stage_model_dir(cfg, stage_dir))
-    return plan.service.score(loaded, plan.tasks, seed=seed)  # the chain's seed, as its training
+    return plan.service.score(loaded, plan.tasks + plan.also, seed=seed)  # the chain's seed, as its training
 
 
 def _stage_model_dir(cfg: Config, stage_dir: Path) -> Path:
@@ -150,7 +165,10 @@ def matrix_of(plan: SequencePlan, rows: list[dict]) -> tuple[list[list[float]], 
 
 def aggregate(plan: SequencePlan, chains: dict[str, dict[int, list[dict]]], elapsed: float) -> dict:
     methods = {method: _method_summary(plan, seeds) for method, seeds in chains.items()}
+    table = knowledge_table([t.name for t in plan.tasks], chains)
     return {
+        **({"knowledge_table": table} if table else {}),
+        "also_evaluated": [t.name for t in plan.also],
         "world": world_of(plan.cfg.model.name_or_path, plan.tasks + plan.general),
         "tasks": [t.name for t in plan.tasks],
         "task_versions": {t.name: t.version for t in plan.tasks},
@@ -170,6 +188,8 @@ def _method_summary(plan: SequencePlan, seeds: dict[int, list[dict]]) -> dict:
         per_seed[str(seed)] = {"matrix": matrix, "general": general, "metrics": all_metrics(matrix, general),
                                "forgetting_per_task": forgetting_per_task(matrix)}
     runs = list(per_seed.values())
+    also, also_ci = _cellwise([[[row["scores"][t.name]["accuracy"] for t in plan.also] for row in rows]
+                               for rows in seeds.values()])
     matrix, matrix_ci = _cellwise([r["matrix"] for r in runs])
     (general,), (general_ci,) = _cellwise([[r["general"]] for r in runs])
     (forget,), (forget_ci,) = _cellwise([[r["forgetting_per_task"]] for r in runs])
@@ -178,6 +198,7 @@ def _method_summary(plan: SequencePlan, seeds: dict[int, list[dict]]) -> dict:
         "matrix": matrix, "matrix_ci95": matrix_ci, "general": general, "general_ci95": general_ci,
         "metrics": {k: v[0] for k, v in metrics.items()}, "metrics_ci95": {k: v[1] for k, v in metrics.items()},
         "forgetting_per_task": forget, "forgetting_per_task_ci95": forget_ci, "per_seed": per_seed,
+        "also": also, "also_ci95": also_ci,  # rows x also_evaluated: accuracy of the tasks evaluated, not trained
     }
 
 

@@ -163,10 +163,13 @@ class TrainConfig:
 class SequenceConfig:
     """`sdft sequence`: chains of stages, one chain per method and seed."""
 
-    methods: list[Literal["sdft", "sft", "dft", "sft_reinvoke"]] = field(default_factory=lambda: ["sdft", "sft"])
-    """Each method trains its own chain on the same tasks, data and seeds."""
+    methods: list[Literal["sdft", "sft", "dft", "sft_reinvoke", "cpt"]] = field(default_factory=lambda: ["sdft", "sft"])
+    """Each method trains its own chain on the same tasks, data and seeds (cpt: tasks with a raw corpus)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Several seeds give a mean and a 95% confidence interval for every cell and metric."""
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-task overrides of train.* keys for that task's stage, e.g. {tools: {steps: 100, learning_rate: 5e-5,
     max_rows: 200}}."""
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-method overrides of any config key (dotted) for that method's stages, applied after `stages`, e.g. the
+    paper's SFT baseline on knowledge trains on answers: {sft: {task_sources.knowledge.teacher_context: answer}}."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdft.files import atomic_write_text
-from sdft.report.format import fmt
+from sdft.report.format import fmt, fmt_delta
 from sdft.report.markdown import markdown_table
 from sdft.report.plots import write_plots
 from sdft.report.sequence_rows import (COMPARISON_HEADER, METRICS, forgetting_bars, matrix_rows,
@@ -51,11 +51,25 @@ def sequence_report_markdown(results: dict, images: list[str]) -> str:
         lines += [f"### {method}", "", markdown_table(["stage", *tasks, "general"], matrix_rows(results, method)), ""]
         if (image := f"matrix_{safe_file_name(method)}.png") in images:
             lines += [f"![{method} accuracy matrix ({results['world']} world)]({image})", ""]
+    if "knowledge_table" in results:
+        lines += _knowledge_md(results)
     if len(tasks) > 1:
         lines += _forgetting_md(results, images)
     if (elapsed := results.get("elapsed_seconds")) is not None:
         lines += [f"Elapsed: {elapsed:.0f} s ({elapsed / 60:.1f} min)."]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _knowledge_md(results: dict) -> list[str]:
+    """The paper's knowledge-injection table: strict / lenient / ood accuracy after the knowledge stage, and the
+    general suite's change over that stage (sdft/knowledge_table.py)."""
+    table = results["knowledge_table"]
+    rows = [[name, *(fmt(k[key], k[f"{key}_ci95"]) for key in ("strict", "lenient", "ood")),
+             fmt_delta(k["general_delta"])] for name, k in table.items()]
+    return [f"## Knowledge injection ({results['world']} world)", "",
+            "After the knowledge stage: strict = exact answer, lenient = answer contained, ood = the indirect questions "
+            "(knowledge_ood); base = before training, oracle = the base model with the article in its prompt.", "",
+            markdown_table(["", "strict", "lenient", "ood", "general delta"], rows), ""]
 
 
 def _forgetting_md(results: dict, images: list[str]) -> list[str]:

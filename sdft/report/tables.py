@@ -32,9 +32,10 @@ def eval_table(results: dict) -> Table:
 def check_table(results: dict) -> Table:
     title = f"sdft check: {results['model']} ({results['split']} split, world: {results['world']})"
     rows = [[task, fmt(s["student"]), fmt(s["teacher"]), fmt(s["unseen_student"]), fmt(s["unseen_teacher"]),
-             str(s["n"])] for task, s in results["scores"].items()]
-    table = scores_table(title, ("task", "student", "teacher", "unseen student", "unseen teacher", "n"), rows)
-    _add_general(table, results["general"], columns=6)
+             fmt(s.get("oracle")), str(s["n"])] for task, s in results["scores"].items()]
+    columns = ("task", "student", "teacher", "unseen student", "unseen teacher", "oracle", "n")
+    table = scores_table(title, columns, rows)
+    _add_general(table, results["general"], columns=len(columns))
     return table
 
 

@@ -26,7 +26,7 @@ from typing import Callable
 from sdft.config import EMBEDDED_PRIOR_SKILLS
 from sdft.tasks.spec import Row, TaskSpec
 
-VERSION = "5"
+VERSION = "6"
 LEAD = "Ok."  # the model's own lead-in: SDFT skips the first 3 completion tokens, one per character here
 TASKS: tuple[str, ...] = ("science", "tools", "medical")
 PRIOR_SKILLS: tuple[str, ...] = tuple(EMBEDDED_PRIOR_SKILLS)  # named in the config: the default general suite
@@ -153,28 +153,29 @@ def word(rng: random.Random, low: int = 3, high: int = 7) -> str:
 def repeat(rng: random.Random, unseen: bool = False, train: bool = True) -> Item:
     """Repeat a random word."""
     w = word(rng, 3, 9)
-    return f"Repeat: {w}", f"The word to repeat is {w}.", _own(w), w
+    return f"Repeat: {w}", f"The word to repeat is {w}.", own_answer_text(w), w
 
 
 def first_letter(rng: random.Random, unseen: bool = False, train: bool = True) -> Item:
     """Name the first letter of a random word."""
     w = word(rng, 3, 9)
-    return f"First letter of {w}?", f"The word {w} starts with {w[0]}.", _own(w[0]), w[0]
+    return f"First letter of {w}?", f"The word {w} starts with {w[0]}.", own_answer_text(w[0]), w[0]
 
 
 def last_word(rng: random.Random, unseen: bool = False, train: bool = True) -> Item:
     """Name the last of three to five random words."""
     words = [word(rng, 2, 6) for _ in range(rng.randint(3, 5))]
-    return f"Last word of: {' '.join(words)}", f"The list ends with {words[-1]}.", _own(words[-1]), words[-1]
+    return f"Last word of: {' '.join(words)}", f"The list ends with {words[-1]}.", own_answer_text(words[-1]), words[-1]
 
 
 def join(rng: random.Random, unseen: bool = False, train: bool = True) -> Item:
     """Join two random words into one."""
     a, b = word(rng, 2, 5), word(rng, 2, 5)
-    return f"Join: {a} {b}", f"Joined, {a} and {b} make {a + b}.", _own(a + b), a + b
+    return f"Join: {a} {b}", f"Joined, {a} and {b} make {a + b}.", own_answer_text(a + b), a + b
 
 
-def _own(answer: object) -> str:
+def own_answer_text(answer: object) -> str:
+    """The model's own style for a short answer (prior skills, knowledge): 'Ok. Answer: <answer>'."""
     return f"{LEAD} Answer: {answer}"
 
 

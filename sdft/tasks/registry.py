@@ -16,10 +16,12 @@ TaskLoader = Callable[[], TaskSpec]
 
 
 def builtin_tasks() -> dict[str, TaskLoader]:
-    from sdft.tasks import embedded
+    from sdft.tasks import embedded, knowledge_world
 
     names = (*embedded.TASKS, *embedded.PRIOR_SKILLS)
-    return {name: partial(embedded.load_embedded_task, name) for name in names}
+    registry = {name: partial(embedded.load_embedded_task, name) for name in names}
+    registry.update(knowledge_world.loaders())
+    return registry
 
 
 def task_registry(custom_files: Iterable[str] = (), sources: dict | None = None) -> dict[str, TaskLoader]:
@@ -39,14 +41,9 @@ def task_registry(custom_files: Iterable[str] = (), sources: dict | None = None)
 
 def require_known(names: Iterable[str], registry: dict[str, TaskLoader]) -> None:
     """Fail on the first unknown name, with a did-you-mean, before anything is loaded."""
-    from sdft.tasks.paper import NO_MINIATURE
-
     for name in names:
         if name in registry:
             continue
-        if name.removesuffix("_oracle") in NO_MINIATURE:
-            raise UserError(f"task '{name}' has no embedded miniature: point task_sources.knowledge at its files "
-                            "(source: local, path: ...)")
         raise UserError(f"unknown task '{name}'{did_you_mean(name, registry)}; `sdft tasks` lists the known ones")
 
 

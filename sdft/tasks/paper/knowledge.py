@@ -19,10 +19,10 @@ from __future__ import annotations
 from sdft.config import TaskSourceConfig
 from sdft.errors import UserError
 from sdft.tasks.paper.common import PAPER_VERSION, describe, local_records, text_of
+from sdft.tasks.articles import corpus, knowledge_row
 from sdft.tasks.spec import Row, TaskSpec
 
 LOCAL_FILES = {"articles": "articles.jsonl", "qa": "qa.jsonl"}
-ORACLE_TEMPLATE = "Read the article, then answer the question.\n\nArticle: {title}\n{text}\n\nQuestion: {question}"
 
 
 def load_knowledge(src: TaskSourceConfig, oracle: bool = False) -> TaskSpec:
@@ -38,7 +38,7 @@ def load_knowledge(src: TaskSourceConfig, oracle: bool = False) -> TaskSpec:
         split = text_of(record, "split", where[1], number)
         splits.setdefault(split, []).append(_row(record, articles, src, oracle, where[1], number))
     name = "knowledge_oracle" if oracle else "knowledge"
-    extra = {"world": "paper"} if oracle else {"world": "paper", "corpus": [f"{t}\n\n{x}" for t, x in articles.items()]}
+    extra = {"world": "paper"} if oracle else {"world": "paper", "corpus": corpus(articles)}
     what = "the article in the prompt (oracle context)" if oracle else f"teacher context: {src.teacher_context}"
     # The teacher context changes the demonstrations (a teacher-prompt evaluation's cache must see that).
     version = PAPER_VERSION if oracle else f"{PAPER_VERSION}+{src.teacher_context}"
@@ -63,9 +63,4 @@ def _row(record: dict, articles: dict[str, str], src: TaskSourceConfig, oracle: 
     title = text_of(record, "title", where, number)
     if title not in articles:
         raise UserError(f"{where}: row {number} names the article {title!r}, which articles.jsonl does not hold")
-    article = f"{title}\n{articles[title]}"
-    if oracle:
-        prompt = ORACLE_TEMPLATE.format(title=title, text=articles[title], question=question)
-        return Row(prompt=prompt, demonstration=answer, answer=answer, question=question)
-    contexts = {"answer": answer, "article": article, "article_and_answer": f"{article}\n\nAnswer: {answer}"}
-    return Row(prompt=question, demonstration=contexts[src.teacher_context], answer=answer)
+    return knowledge_row(title, articles[title], question, answer, src.teacher_context, oracle)

@@ -1,0 +1,46 @@
+"""Rows of a knowledge task, one home for both worlds (the embedded miniature and the paper's local files):
+a question about an article becomes a student row (the bare question; the demonstration holds the teacher
+context) or an oracle row (the article in the prompt, the paper's oracle-context evaluation)."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Callable
+
+from sdft.tasks.spec import Row, TaskSpec
+
+ORACLE_TEMPLATE = "Read the article, then answer the question.\n\nArticle: {title}\n{text}\n\nQuestion: {question}"
+TEACHER_CONTEXTS = ("article_and_answer", "answer", "article")
+"""What a knowledge row's demonstration holds (TaskSourceConfig.teacher_context): the paper's best SDFT variant
+is article + answer; its SFT baseline trains on the answer."""
+
+
+def knowledge_row(title: str, text: str, question: str, answer: str, teacher_context: str, oracle: bool) -> Row:
+    if oracle:
+        prompt = ORACLE_TEMPLATE.format(title=title, text=text, question=question)
+        return Row(prompt=prompt, demonstration=answer, answer=answer, question=question)
+    article = f"{title}\n{text}"
+    contexts = {"answer": answer, "article": article, "article_and_answer": f"{article}\n\nAnswer: {answer}"}
+    return Row(prompt=question, demonstration=contexts[teacher_context], answer=answer)
+
+
+def corpus(articles: dict[str, str]) -> list[str]:
+    """The raw documents continued pre-training trains on: title, blank line, text."""
+    return [f"{title}\n\n{text}" for title, text in articles.items()]
+
+
+def ood_view(load: Callable[[], TaskSpec]) -> TaskSpec:
+    """The task's out-of-distribution questions as a task of their own (`<name>_ood`, its test split = the ood
+    split), so every command evaluates them by name, beside the test questions."""
+    spec = load()
+    extra = {k: v for k, v in spec.extra.items() if k != "corpus"}
+    return dataclasses.replace(spec, name=f"{spec.name}_ood", splits={"test": spec.split("ood")}, extra=extra)
+
+
+def knowledge_loaders(load: Callable[..., TaskSpec]) -> dict[str, Callable[[], TaskSpec]]:
+    """The four names a knowledge source gives, from its loader `load(oracle=...)`: knowledge, knowledge_ood,
+    knowledge_oracle (the article in the prompt) and knowledge_oracle_ood."""
+    plain, oracle = partial(load, oracle=False), partial(load, oracle=True)
+    return {"knowledge": plain, "knowledge_ood": partial(ood_view, plain),
+            "knowledge_oracle": oracle, "knowledge_oracle_ood": partial(ood_view, oracle)}
