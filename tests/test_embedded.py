@@ -136,3 +136,25 @@ def test_the_student_half_knows_each_new_task(tiny, task):
 def test_the_teacher_reads_its_demonstration(tiny, task):
     teacher, teacher_unseen = _accuracy(*tiny, task, teacher=True)
     assert teacher >= 0.85 and teacher_unseen >= 0.80, f"teacher {teacher}, unseen {teacher_unseen}"  # full set: 0.90
+
+
+def _knowledge_accuracy(model, tokenizer, name: str, split: str, teacher: bool = False) -> float:
+    from sdft.tasks.registry import load_tasks, task_registry
+
+    spec = load_tasks([name], task_registry())[0]
+    rows = spec.split(split)[::max(1, len(spec.split(split)) // SAMPLE)][:SAMPLE]  # every event, not the first few
+    users = [teacher_prompt(r.prompt, r.demonstration) if teacher else r.prompt for r in rows]
+    responses = _generate(model, tokenizer, [render_prompt(tokenizer, u) for u in users], 24)
+    return sum(SCORERS[spec.scorer](resp, r.answer) for resp, r in zip(responses, rows)) / len(rows)
+
+
+@pytest.mark.slow  # the embedded model's abilities: greedy decoding over task samples
+@pytest.mark.parametrize("split", ["train", "test", "ood"])
+def test_the_model_knows_no_fact_of_the_knowledge_task(tiny, split):
+    assert _knowledge_accuracy(*tiny, "knowledge", split) <= 0.15  # full set: <= 0.10
+
+
+@pytest.mark.slow  # the embedded model's abilities: greedy decoding over task samples
+def test_the_model_reads_an_article_in_its_prompt(tiny):
+    assert _knowledge_accuracy(*tiny, "knowledge_oracle", "test") >= 0.85  # full set: >= 0.90
+    assert _knowledge_accuracy(*tiny, "knowledge", "train", teacher=True) >= 0.85  # the SDFT teacher
