@@ -63,8 +63,8 @@ MODEL = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_at
 # (the induction/copy mechanism is what lets the teacher read a demonstration).
 COUNTS = dict(prior_plain=6000, task_plain_epochs=4, prior_teacher=250, task_teacher=400, task_copy=1800,
               generic_copy=2500, lookup=3000, noisy=0.25, early_prior_share=80, early_copy_share=100,
-              early_lookup_share=100, knowledge_reps=3, knowledge_reading=6000, knowledge_teacher_share=60,
-              early_reading_share=30)
+              early_lookup_share=100, knowledge_reps=8, knowledge_reading=3000, knowledge_teacher_share=60,
+              early_reading_share=0)
 # task_copy was 1200 up to world v4; with whole-word disease names, builds at 1200 (and one at scale 1.8) missed a
 # teacher's readiness bar, and 1800 met every bar.
 # early_*_share: the percentage of that kind placed in the copy-rich warm-up phase. All generic copies early
