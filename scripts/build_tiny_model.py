@@ -43,6 +43,7 @@ from sdft.prompts import render_prompt, teacher_prompt  # noqa: E402
 from sdft.scoring import get_scorer  # noqa: E402
 from sdft.tasks import embedded as E  # noqa: E402
 from sdft.tasks import knowledge_world as K  # noqa: E402
+from sdft.tasks.articles import ORACLE_TEMPLATE, SELF_EDIT_TEMPLATES  # noqa: E402
 
 SEED = 1234
 SPECIALS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -63,13 +64,18 @@ MODEL = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_at
 # (the induction/copy mechanism is what lets the teacher read a demonstration).
 COUNTS = dict(prior_plain=6000, task_plain_epochs=4, prior_teacher=250, task_teacher=400, task_copy=1800,
               generic_copy=2500, lookup=3000, noisy=0.25, early_prior_share=80, early_copy_share=100,
-              early_lookup_share=100, knowledge_reps=8, knowledge_reading=3000, knowledge_teacher_share=60,
-              early_reading_share=0)
+              early_lookup_share=100)
 # task_copy was 1200 up to world v4; with whole-word disease names, builds at 1200 (and one at scale 1.8) missed a
 # teacher's readiness bar, and 1800 met every bar.
 # early_*_share: the percentage of that kind placed in the copy-rich warm-up phase. All generic copies early
 # (with half of them later, the teachers copied badly); prior items in both phases (all of them early, the
 # prior skills were forgotten by the end).
+# Phase 3, the knowledge world (examples at scale 1). Trial builds with knowledge items mixed into phases 1-2 (notes
+# in the commits of branch `knowledge`) missed bars: reading items in the warm-up broke the copy mechanism the
+# teachers need, and after it the oracle answered from memory (0.375). Read after the skills are formed, with the
+# earlier items replayed, the oracle learns to copy from the article (a probe on the v5 model: 0.875 at 3e-4).
+KNOWLEDGE = dict(reps=6, reading=3000, teacher_share=60, self_edits=1500, replay=1.0)
+KNOWLEDGE_TRAIN = dict(lr=3e-4, warmup=50, min_lr_ratio=0.1)
 TRAIN = dict(lr=1e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.01, tokens_per_batch=1536, clip=1.0,
              bf16=False)  # small batches, many steps; bf16 autocast learned copying poorly
 
@@ -166,24 +172,29 @@ def lookup(rng: random.Random) -> tuple[str, str]:
     return f"Which option shows {values[pick]}?\n{options}", f"{E.LEAD} {values[pick]} {unit} ({letter}).\n<answer>{letter}</answer>"
 
 
-def knowledge_items(rng: random.Random, n, noisy) -> tuple[list, list]:
-    """The knowledge world (sdft/tasks/knowledge_world.py). Known: the background events' facts asked closed-book in
-    every phrasing (train, test, ood), `knowledge_reps` times each, so the model stores facts it can be asked about
-    any way (the task's own events never appear). Reading: random events' articles in the oracle prompt and in the
-    teacher prompt (article + answer), every question kind, so it answers from an article it is shown."""
-    from sdft.tasks.articles import ORACLE_TEMPLATE
-
-    known = [(q, E.own_answer_text(a), False) for event in K.events("background", E.VERSION) for split in K.SPLITS
-             for q, a in K.questions(event, split)] * COUNTS["knowledge_reps"]
-    reading = []
-    for _ in range(n("knowledge_reading")):
+def knowledge_corpus(scale: float, earlier: list) -> list[tuple[str, str, bool]]:
+    """Phase 3 (sdft/tasks/knowledge_world.py). Known: the background events' facts asked closed-book in every
+    phrasing, `reps` times each, so the model stores facts it can be asked about any way (the task's own events
+    never appear). Reading: random events' articles in the oracle prompt and in the teacher prompt (article +
+    answer), every question kind, so it answers from an article it is shown. Self-edits: random events turned into
+    training lines the way each SEAL template asks. Replay: as many items again drawn from phases 1-2, so the
+    skills they taught survive."""
+    rng = random.Random(SEED + 3)
+    n = lambda key: max(1, round(KNOWLEDGE[key] * scale))  # noqa: E731
+    items = [(q, E.own_answer_text(a), False) for event in K.events("background", K.VERSION) for split in K.SPLITS
+             for q, a in K.questions(event, split)] * KNOWLEDGE["reps"]
+    for _ in range(n("reading")):
         event = K.make_event(rng)
         q, a = rng.choice(K.questions(event, rng.choice(K.SPLITS)))
-        reading.append((ORACLE_TEMPLATE.format(title=event.title, text=K.article(event), question=q), E.own_answer_text(a), False))
-        if rng.random() < COUNTS["knowledge_teacher_share"] / 100:
+        items.append((ORACLE_TEMPLATE.format(title=event.title, text=K.article(event), question=q), E.own_answer_text(a), False))
+        if rng.random() < KNOWLEDGE["teacher_share"] / 100:
             demo = f"{event.title}\n{K.article(event)}\n\nAnswer: {a}"
-            reading.append((teacher_prompt(q, demo), E.own_answer_text(a), noisy()))
-    return known, reading
+            items.append((teacher_prompt(q, demo), E.own_answer_text(a), rng.random() < COUNTS["noisy"]))
+    for _ in range(n("self_edits")):
+        event, template = K.make_event(rng), rng.choice(["implications", "implications", "rewrite", "self_qa"])
+        prompt = SELF_EDIT_TEMPLATES[template].format(title=event.title, text=K.article(event))
+        items.append((prompt, K.self_edit(event, template, rng), False))
+    return items + rng.sample(earlier, min(len(earlier), round(len(items) * KNOWLEDGE["replay"])))
 
 
 def corpus(scale: float) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str, bool]]]:
@@ -215,10 +226,6 @@ def corpus(scale: float) -> tuple[list[tuple[str, str, bool]], list[tuple[str, s
     copies = [generic_copy(rng) for _ in range(n("generic_copy"))]
     copies = [(teacher_prompt(p, d), own, noisy()) for p, d, own, _ in copies]
     half = len(copies) * COUNTS["early_copy_share"] // 100
-    known, reading = knowledge_items(rng, n, noisy)
-    early_reading = len(reading) * COUNTS["early_reading_share"] // 100
-    early += known[: len(known) // 2] + reading[:early_reading]
-    rest += known[len(known) // 2:] + reading[early_reading:]
     lookups = [(*lookup(rng), False) for _ in range(n("lookup"))]
     split = len(lookups) * COUNTS["early_lookup_share"] // 100
     early += lookups[:split]
@@ -274,35 +281,36 @@ def collate(examples, batch, pad_id: int):
 
 # --- training -----------------------------------------------------------------------------------------------
 
-def pretrain(model, tokenizer, examples, n_early: int, log_every: int = 100, probe_every: int = 300):
+def pretrain(model, tokenizer, examples, n_early: int, train: dict = TRAIN, seed: int = SEED + 1, log_every: int = 100,
+             probe_every: int = 300):
     """AdamW + warm-up + cosine over the warm-up phase's batches (examples[:n_early]), then the rest's."""
-    rng = random.Random(SEED + 1)
-    plan = batches(examples[:n_early], TRAIN["tokens_per_batch"], rng)
-    plan += [[i + n_early for i in b] for b in batches(examples[n_early:], TRAIN["tokens_per_batch"], rng)]
+    rng = random.Random(seed)
+    plan = batches(examples[:n_early], train["tokens_per_batch"], rng)
+    plan += [[i + n_early for i in b] for b in batches(examples[n_early:], train["tokens_per_batch"], rng)]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     other = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": TRAIN["weight_decay"]},
-                                   {"params": other, "weight_decay": 0.0}], lr=TRAIN["lr"], betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train["weight_decay"]},
+                                   {"params": other, "weight_decay": 0.0}], lr=train["lr"], betas=(0.9, 0.98))
     total = len(plan)
 
     def schedule(step: int) -> float:
-        if step < TRAIN["warmup"]:
-            return (step + 1) / TRAIN["warmup"]
-        progress = (step - TRAIN["warmup"]) / max(1, total - TRAIN["warmup"])
-        return TRAIN["min_lr_ratio"] + (1 - TRAIN["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * progress))
+        if step < train["warmup"]:
+            return (step + 1) / train["warmup"]
+        progress = (step - train["warmup"]) / max(1, total - train["warmup"])
+        return train["min_lr_ratio"] + (1 - train["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
     start, seen_tokens, running = time.time(), 0, []
     for step, batch in enumerate(plan):
         ids, labels, mask = collate(examples, batch, tokenizer.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=TRAIN["bf16"]):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train["bf16"]):
             logits = model(input_ids=ids, attention_mask=mask).logits
         logits = logits.float()
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["clip"])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train["clip"])
         optimizer.step()
         scheduler.step()
         seen_tokens += ids.numel()
@@ -331,14 +339,15 @@ def probe(model, tokenizer, limit: int = 12) -> None:
 # --- readiness ----------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy completions, batched with left padding (longest first, to waste little padding)."""
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64, **sampling) -> list[str]:
+    """Completions (greedy unless `sampling` says otherwise), batched with left padding (longest first, to waste
+    little padding)."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, **({"do_sample": False} | sampling),
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         for i, text in zip(chunk, texts):
@@ -363,9 +372,23 @@ def accuracy(model, tokenizer, name: str, teacher: bool, limit: int | None = Non
 
 def _longest_answer(tokenizer, name: str) -> int:
     if name.startswith("knowledge"):
-        answers = [a for e in K.events("task", E.VERSION) for s in K.SPLITS for _, a in K.questions(e, s)]
+        answers = [a for e in K.events("task", K.VERSION) for s in K.SPLITS for _, a in K.questions(e, s)]
         return max(len(tokenizer(E.own_answer_text(a))["input_ids"]) for a in answers)
     return max(len(tokenizer(own)["input_ids"]) for _, own in E.own_answer_rows(name, "test"))
+
+
+def self_edit_kinds(model, tokenizer, template: str = "implications") -> dict[str, float]:
+    """Sample one self-edit per task event as SEAL does (temperature 1, top-p 0.95) and count its kinds of line:
+    question lines (a '?' then the fact), restatements of a fact, and the share of self-edits holding any question."""
+    torch.manual_seed(SEED)
+    events = K.events("task", K.VERSION)
+    prompts = [render_prompt(tokenizer, SELF_EDIT_TEMPLATES[template].format(title=e.title, text=K.article(e)))
+               for e in events]
+    edits = generate(model, tokenizer, prompts, 400, do_sample=True, temperature=1.0, top_p=0.95)
+    lines = [[line for line in edit.splitlines() if line.strip()] for edit in edits]
+    questions = [sum("?" in line for line in ls) for ls in lines]
+    return {"lines": sum(map(len, lines)) / len(lines), "question_lines": sum(questions) / len(lines),
+            "with_questions": sum(q > 0 for q in questions) / len(lines), "example": edits[0]}
 
 
 def readiness(model, tokenizer, limit: int | None = None) -> dict:
@@ -379,6 +402,7 @@ def readiness(model, tokenizer, limit: int | None = None) -> dict:
         **{f"oracle_{split}": accuracy(model, tokenizer, "knowledge_oracle", False, limit, split)["overall"]
            for split in ("test", "ood")},
         "teacher_train": accuracy(model, tokenizer, "knowledge", True, limit, "train")["overall"]}
+    report["self_edits"] = {template: self_edit_kinds(model, tokenizer, template) for template in SELF_EDIT_TEMPLATES}
     return report
 
 
@@ -394,6 +418,9 @@ def print_readiness(report: dict) -> None:
     print(f"knowledge  student train/test/ood {k['student_train']:.3f}/{k['student_test']:.3f}/{k['student_ood']:.3f} "
           f"(need <= 0.10 each)   oracle test/ood {k['oracle_test']:.3f}/{k['oracle_ood']:.3f} (need test >= 0.90)   "
           f"teacher train {k['teacher_train']:.3f}")
+    for template, kinds in report["self_edits"].items():
+        print(f"self-edit  {template:<12} lines {kinds['lines']:.1f}  question lines {kinds['question_lines']:.1f}  "
+              f"with questions {kinds['with_questions']:.2f}   e.g. {kinds['example'][:120]!r}")
 
 
 # --- main ---------------------------------------------------------------------------------------------------
@@ -425,6 +452,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (faster, worse copying)")
     parser.add_argument("--count", action="append", default=[], metavar="KEY=VALUE",
                         help="override a COUNTS entry (experiments; the shipped model uses the defaults)")
+    parser.add_argument("--skills-from", type=Path, default=None,
+                        help="experiments: start phase 3 from this model of phases 1-2 instead of building it")
     parser.add_argument("--eval-limit", type=int, default=None, help="test rows per task for the readiness print")
     args = parser.parse_args()
     for override in args.count:
@@ -443,12 +472,24 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.2f}M parameters; corpus: {len(examples)} examples, "
           f"{sum(len(x) for x, _ in examples) / 1e6:.2f}M tokens", flush=True)
-    pretrain(model, tokenizer, examples, len(early))
+    if args.skills_from:  # experiments on phase 3 only: the phases 1-2 model given, not rebuilt
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.skills_from, dtype=torch.float32)
+    else:
+        pretrain(model, tokenizer, examples, len(early))
+    skills_seconds = time.time() - began
+    knowledge = encode(tokenizer, knowledge_corpus(args.scale, early + rest), random.Random(SEED + 4))
+    print(f"phase 3 (knowledge): {len(knowledge)} examples, {sum(len(x) for x, _ in knowledge) / 1e6:.2f}M tokens",
+          flush=True)
+    pretrain(model, tokenizer, knowledge, len(knowledge), {**TRAIN, **KNOWLEDGE_TRAIN}, SEED + 5)
     trained = time.time() - began
     report = readiness(model, tokenizer, args.eval_limit)
     print_readiness(report)
     info = {"seed": SEED, "scale": args.scale, "model": MODEL, "counts": COUNTS, "train": TRAIN,
-            "task_version": E.VERSION, "parameters": params, "pretrain_seconds": round(trained),
+            "knowledge": KNOWLEDGE, "knowledge_train": KNOWLEDGE_TRAIN, "task_version": E.VERSION,
+            "knowledge_version": K.VERSION, "skills_from": str(args.skills_from) if args.skills_from else None,
+            "parameters": params, "skills_seconds": round(skills_seconds), "pretrain_seconds": round(trained),
             "readiness": report}
     save(model, tokenizer, args.out, info)
     print(f"wrote {args.out} in {time.time() - began:.0f}s (pretraining {trained:.0f}s)")

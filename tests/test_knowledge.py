@@ -14,7 +14,7 @@ from sdft.metrics import mean_ci95
 from sdft.scoring import contained_match, normalized_match
 from sdft.sequence import plan_sequence, stage_config
 from sdft.tasks import knowledge_world as K
-from sdft.tasks.embedded import VERSION
+from sdft.tasks.knowledge_world import VERSION
 from sdft.tasks.registry import load_tasks, task_registry
 
 

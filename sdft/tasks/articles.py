@@ -11,6 +11,13 @@ from typing import Callable
 from sdft.tasks.spec import Row, TaskSpec
 
 ORACLE_TEMPLATE = "Read the article, then answer the question.\n\nArticle: {title}\n{text}\n\nQuestion: {question}"
+SELF_EDIT_TEMPLATES = {
+    # SEAL (METHOD.md 3.3): the prompts that ask a model to write its own training data from an article. The
+    # names are the SEAL code's; the wording is ours, short enough for the embedded model to have learned it.
+    "implications": "Read the article, then list what it implies, one line each.\n\nArticle: {title}\n{text}",
+    "rewrite": "Rewrite the article in other words, one sentence per line.\n\nArticle: {title}\n{text}",
+    "self_qa": "Write questions about the article with their answers, one per line.\n\nArticle: {title}\n{text}",
+}
 TEACHER_CONTEXTS = ("article_and_answer", "answer", "article")
 """What a knowledge row's demonstration holds (TaskSourceConfig.teacher_context): the paper's best SDFT variant
 is article + answer; its SFT baseline trains on the answer."""

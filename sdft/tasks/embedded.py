@@ -26,7 +26,7 @@ from typing import Callable
 from sdft.config import EMBEDDED_PRIOR_SKILLS
 from sdft.tasks.spec import Row, TaskSpec
 
-VERSION = "6"
+VERSION = "5"
 LEAD = "Ok."  # the model's own lead-in: SDFT skips the first 3 completion tokens, one per character here
 TASKS: tuple[str, ...] = ("science", "tools", "medical")
 PRIOR_SKILLS: tuple[str, ...] = tuple(EMBEDDED_PRIOR_SKILLS)  # named in the config: the default general suite

@@ -21,9 +21,10 @@ import random
 from dataclasses import dataclass
 
 from sdft.tasks.articles import corpus, knowledge_loaders, knowledge_row
-from sdft.tasks.embedded import CITIES, PEOPLE, VERSION
+from sdft.tasks.embedded import CITIES, PEOPLE
 from sdft.tasks.spec import TaskSpec
 
+VERSION = "1"  # bump when any generated content changes (the events, their articles, questions or self-edits)
 KINDS = ("flood", "storm", "quake", "fire", "landslide", "drought")
 SPLITS = ("train", "test", "ood")
 EVENTS = {"task": 30, "background": 80}  # task events: the knowledge task; background: pretraining only
@@ -71,6 +72,44 @@ def article(event: Event) -> str:
     rest = [f"It lasted {event.days} days.", f"It destroyed {event.homes} homes.",
             f"The rescue was led by {event.leader}."]
     return " ".join([f"The {event.name} hit {event.city}."] + [rest[i] for i in event.order])
+
+
+# Self-edits (SEAL): what the model was taught to write when asked to turn an article into its own training data
+# (articles.SELF_EDIT_TEMPLATES). Three kinds of line that help a later fine-tune differently: a restatement (the
+# article in other words: little the article itself does not give), a question with its answer (the shape the
+# questions come in, in a train phrasing), a vague line (no fact at all). `rewrite` writes restatements, `self_qa`
+# questions; `implications` (SEAL's default) any of the mixes below, so its samples differ in how much they help
+# and a reward has something to select.
+IMPLICATION_MIXES = {"restate": 0.4, "vague": 0.2, "question": 0.2, "mixed": 0.2}
+
+
+def restatements(event: Event) -> list[str]:
+    """The article's facts in other words (none in a question's phrasing)."""
+    return [f"The {event.name} struck {event.city}.", f"The {event.name} took {event.days} days.",
+            f"{event.homes} homes fell in the {event.name}.", f"{event.leader} ran the rescue of the {event.name}."]
+
+
+def question_lines(event: Event, rng: random.Random) -> list[str]:
+    """Two questions per fact in train phrasings, each with its answer after it."""
+    return [f"{phrasing.format(e=event.name)} {event.fact(relation)}"
+            for relation, (train, _) in QUESTIONS.items() for phrasing in rng.sample(train, 2)]
+
+
+def vague_lines(event: Event) -> list[str]:
+    return [f"The {event.name} was a disaster.", f"Many people helped after the {event.name}.",
+            f"The {event.name} was in the news."]
+
+
+def self_edit(event: Event, template: str, rng: random.Random) -> str:
+    """One self-edit of the kind the embedded model learned for `template`: lines, in a random order."""
+    mix = {"rewrite": "restate", "self_qa": "question"}.get(template)
+    mix = mix or rng.choices(list(IMPLICATION_MIXES), weights=list(IMPLICATION_MIXES.values()))[0]
+    kinds = {"restate": restatements(event), "vague": vague_lines(event), "question": question_lines(event, rng)}
+    if mix == "mixed":
+        lines = rng.sample(kinds["restate"] + kinds["vague"] + kinds["question"], 4)
+    else:
+        lines = kinds[mix]
+    return "\n".join(rng.sample(lines, len(lines)))
 
 
 def make_event(rng: random.Random) -> Event:
