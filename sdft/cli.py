@@ -234,6 +234,33 @@ def ttt(
     console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
 
 
+@app.command()
+@user_errors
+def seal(
+    config: Annotated[Path, typer.Argument(help="YAML config with a seal section (e.g. configs/seal.yaml).")],
+    set_: SetOption = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder (default: runs/<timestamp>-seal); re-running on the same folder resumes at the passage it stopped at.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the config and the passages offline and print the plan; load no model.")] = False,
+) -> None:
+    """SEAL: the model writes self-edits for passages, learns to write better ones (ReST-EM rounds), and the
+    held-out table compares no update / passage only / base self-edits / each round / the passage in the prompt."""
+    from sdft.seal_run import dry_run_lines, plan_seal, run_seal
+
+    cfg = _config(config, set_, offline=dry_run)
+    plan = plan_seal(cfg, output, dry_run=dry_run)
+    if dry_run:
+        for line in dry_run_lines(plan):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
+    results = run_seal(plan)
+    for row, accuracy in results["seal_table"].items():
+        console.print(f"{row:16} {accuracy:.3f}", highlight=False)
+    for entry in results["rounds"]:
+        console.print(f"round {entry['round']}: mean reward {entry['mean_reward']:+.3f}, positive share "
+                      f"{entry['positive_share']:.2f}", highlight=False)
+    console.print(f"results: {plan.run_dir / 'results.json'}")
+
+
 @app.command("tasks")
 @user_errors
 def tasks_(config: ConfigOption = None, set_: SetOption = None) -> None:

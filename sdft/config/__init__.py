@@ -4,6 +4,7 @@
 - judge.py:    the LLM judge's knobs
 - training.py: train (one stage, its loss, its teacher and rollouts) and sequence
 - ttt.py:      test-time training on few-shot instances (`sdft ttt`)
+- seal.py:     SEAL's self-edits, inner updates and ReST-EM rounds (`sdft seal`)
 - root.py:     Config (the whole), its cross-section checks, load_config
 - mapping.py:  strict conversion of YAML mappings and `a.b=value` overrides into the dataclasses
 - renamed.py:  keys of older configs, each answered with one line naming its new key
@@ -20,12 +21,13 @@ from sdft.config.sections import (EMBEDDED_MODEL, EMBEDDED_PRIOR_SKILLS, EMBEDDE
                                   HarnessConfig, LoraConfig, ModelConfig, SamplingConfig, TaskSourceConfig)
 from sdft.config.training import (DIVERGENCES, METHOD_NAMES, TOPK_SOURCES, LossConfig, ReinvokeConfig, SequenceConfig,
                                   TrainConfig, vocabulary_problems)
+from sdft.config.seal import TEMPLATE_NAMES, SealConfig
 from sdft.config.ttt import PREDICTOR_NAMES, TTTConfig
 
 __all__ = [
     "Config", "config_to_dict", "load_config", "ModelConfig", "LoraConfig", "SamplingConfig", "HarnessConfig",
     "EvalConfig", "CheckConfig", "TaskSourceConfig", "JudgeConfig", "LossConfig", "ReinvokeConfig", "TrainConfig",
-    "SequenceConfig", "TTTConfig", "PREDICTOR_NAMES",
+    "SequenceConfig", "TTTConfig", "PREDICTOR_NAMES", "SealConfig", "TEMPLATE_NAMES",
     "EMBEDDED_MODEL", "EMBEDDED_TASKS", "EMBEDDED_PRIOR_SKILLS", "METHOD_NAMES", "DIVERGENCES", "TOPK_SOURCES",
     "vocabulary_problems",
 ]

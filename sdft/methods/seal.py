@@ -1,0 +1,133 @@
+"""SEAL's pieces (METHOD.md 3.3): a policy writes self-edits for a passage; an inner adapter fitted on a self-edit
+scores it (closed-book accuracy on the passage's questions after the update, minus before); ReST-EM keeps each
+passage's best self-edit with a positive reward and fits the policy on (passage prompt -> self-edit).
+
+Everything here works on a LoadedModel whose model is wrapped with the inner adapter (sdft.adapters.wrap_with_lora):
+each fit starts from `reset_adapters` and every score is taken with the adapter reset again afterwards, so the policy
+itself never changes here except in `outer_sft`. The orchestration (rounds, records, resume) is sdft/seal_run.py."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sdft.adapters import reset_adapters, wrap_with_lora
+from sdft.config import SamplingConfig
+from sdft.config.seal import SealConfig
+from sdft.generation import Generation, generate_texts
+from sdft.methods.fit import Example, FitResult, examples_from_pairs, fit_adapter
+from sdft.prompts import render_prompt
+from sdft.scoring import get_scorer
+from sdft.tasks.articles import ORACLE_TEMPLATE, SELF_EDIT_TEMPLATES
+from sdft.tasks.passages import Passage
+
+GREEDY = SamplingConfig(temperature=0.0)
+"""The paper answers questions greedily."""
+
+
+@dataclass
+class Scored:
+    """One self-edit and what it earned."""
+
+    text: str
+    lines: list[str]
+    hit_cap: bool
+    accuracy: float
+    """Closed-book accuracy after the update (mean over eval_times); the no-update accuracy for an empty self-edit."""
+    reward: float
+    """accuracy - the no-update accuracy; 0 for an empty self-edit (a no-op update, as in SEAL's code)."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.lines
+
+    def record(self) -> dict:
+        return {"text": self.text, "lines": len(self.lines), "hit_cap": self.hit_cap, "empty": self.empty,
+                "accuracy": self.accuracy, "reward": self.reward}
+
+
+def self_edit_prompt(passage: Passage, template: str) -> str:
+    """The user turn asking for a self-edit (the templates of sdft/tasks/articles.py)."""
+    return SELF_EDIT_TEMPLATES[template].format(title=passage.title, text=passage.text)
+
+
+def sample_self_edits(loaded, passage: Passage, seal: SealConfig, n: int, seed: int) -> list[Generation]:
+    """`n` self-edits of one passage, drawn with `seal.sampling` from the model (seeded: the same seed gives the
+    same self-edits, whatever ran before)."""
+    prompt = render_prompt(loaded.tokenizer, self_edit_prompt(passage, seal.template))
+    [(_, [generations])] = list(generate_texts(loaded, [prompt], seal.sampling, seal.max_self_edit_tokens,
+                                               samples=n, seed=seed))
+    return generations
+
+
+def self_edit_lines(text: str) -> list[str]:
+    """The self-edit's training lines: its non-empty lines, stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def inner_examples(tokenizer, passage: Passage, lines: Sequence[str]) -> list[Example]:
+    """The inner fit's sequences (paper): the raw passage, then each self-edit line prefixed with the title; raw text
+    (no chat template), ending with the eos token, every token learned (as continued pre-training trains)."""
+    texts = [f"{passage.title}\n{passage.text}", *(f"{passage.title}\n{line}" for line in lines)]
+    ids = [[*row, tokenizer.eos_token_id] for row in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return [{"input_ids": row, "labels": list(row)} for row in ids]
+
+
+def answer_accuracy(loaded, passage: Passage, max_new_tokens: int, batch_size: int, oracle: bool = False) -> float:
+    """Greedy answers to the passage's questions, graded by the passage's scorer: closed book (the bare question),
+    or with the passage in the prompt (`oracle`, the knowledge task's oracle template)."""
+    users = [ORACLE_TEMPLATE.format(title=passage.title, text=passage.text, question=q) if oracle else q
+             for q, _ in passage.questions]
+    prompts = [render_prompt(loaded.tokenizer, user) for user in users]
+    answers: list[str] = [""] * len(prompts)
+    for indices, generations in generate_texts(loaded, prompts, GREEDY, max_new_tokens, batch_size=batch_size):
+        for i, (generation,) in zip(indices, generations):
+            answers[i] = generation.text
+    scorer = get_scorer(passage.scorer)
+    return sum(scorer(a, ref) for a, (_, ref) in zip(answers, passage.questions)) / len(prompts)
+
+
+def updated_accuracy(loaded, passage: Passage, lines: Sequence[str], seal: SealConfig, seed: int,
+                     max_new_tokens: int, batch_size: int) -> float:
+    """Closed-book accuracy after fitting the reset inner adapter on the passage + `lines`, averaged over
+    `seal.eval_times` fits (fit i draws its data order from seed + i); the adapter is reset again afterwards."""
+    examples = inner_examples(loaded.tokenizer, passage, lines)
+    steps = math.ceil(seal.inner_epochs * len(examples) / seal.inner_batch_size)
+    accuracies = []
+    for i in range(seal.eval_times):
+        reset_adapters(loaded.model)
+        fit_adapter(loaded.model, loaded.tokenizer, examples, steps, seal.inner_learning_rate,
+                    seal.inner_batch_size, seed + i)
+        accuracies.append(answer_accuracy(loaded, passage, max_new_tokens, batch_size))
+    reset_adapters(loaded.model)
+    return sum(accuracies) / len(accuracies)
+
+
+def score_self_edit(loaded, passage: Passage, generation: Generation, baseline: float, seal: SealConfig, seed: int,
+                    max_new_tokens: int, batch_size: int) -> Scored:
+    """A self-edit's reward: accuracy after its update minus `baseline` (the no-update accuracy). An empty self-edit
+    (no line) is a no-op update with reward 0."""
+    lines = self_edit_lines(generation.text)
+    if not lines:
+        return Scored(generation.text, [], generation.hit_cap, baseline, 0.0)
+    accuracy = updated_accuracy(loaded, passage, lines, seal, seed, max_new_tokens, batch_size)
+    return Scored(generation.text, lines, generation.hit_cap, accuracy, accuracy - baseline)
+
+
+def best_self_edit(rewards: Sequence[float]) -> int | None:
+    """ReST-EM's selection: the index of the highest reward when it is > 0 (ties: the earliest sampled), else None."""
+    if not rewards or max(rewards) <= 0:
+        return None
+    return max(range(len(rewards)), key=lambda i: (rewards[i], -i))
+
+
+def outer_sft(loaded, pairs: Sequence[tuple[str, str]], seal: SealConfig, seed: int) -> tuple[object, FitResult]:
+    """ReST-EM's SFT: fit a fresh outer adapter on (self-edit prompt -> kept self-edit) as SFT trains a row (the prompt
+    in the chat template, no loss; the self-edit and eos learned), then merge it. `loaded.model` must be the plain
+    policy (no adapter); returns the merged policy (with the adapter still attached, for merge_and_save) and the fit."""
+    wrapped = wrap_with_lora(loaded.model, seal.outer_lora, seed)
+    examples = examples_from_pairs(loaded.tokenizer, pairs)
+    steps = math.ceil(seal.outer_epochs * len(examples) / seal.outer_batch_size)
+    fit = fit_adapter(wrapped, loaded.tokenizer, examples, steps, seal.outer_learning_rate, seal.outer_batch_size, seed)
+    return wrapped, fit

@@ -1,0 +1,234 @@
+"""The command `sdft seal`: SEAL's ReST-EM rounds on a knowledge source's passages and the paper's evaluation table
+on held-out passages (METHOD.md 3.3; the pieces are sdft/methods/seal.py).
+
+The run folder:
+  table/<row>.jsonl               one record per held-out passage and table row (its accuracy, its self-edit)
+  rounds/round-<r>/self_edits.jsonl  one record per training passage: the k self-edits with their rewards
+  rounds/round-<r>/policy/        the policy after round r (merged weights, safetensors, and the tokenizer)
+  rounds.jsonl                    one line per finished round
+  results.json                    {"seal_table": {...}, "rounds": [...], ...}
+Every record is appended as soon as its passage is done, so a rerun on the same --output resumes at the passage it
+stopped at (a round whose policy folder exists is not trained again)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdft.claim import Claim, claim_continuing
+from sdft.config import Config
+from sdft.console import progress_bar
+from sdft.files import append_jsonl, atomic_write_json, read_jsonl_records
+from sdft.runs import write_run_header
+from sdft.tasks.passages import Passage, load_passages, split_passages
+
+BASE_ROWS = ("no_update", "passage_only", "base_self_edits", "oracle")
+"""The table rows measured on the policy before any round (the paper's baselines); seal_round_<r> after round r."""
+
+
+@dataclass
+class SealPlan:
+    cfg: Config
+    train: list[Passage]
+    held_out: list[Passage]
+    claim: Claim | None
+    """The run folder (None for a dry run); rerunning on it continues at the passage it stopped at."""
+
+    @property
+    def run_dir(self) -> Path:
+        assert self.claim is not None
+        return self.claim.run_dir
+
+
+def plan_seal(cfg: Config, output: str | Path | None, dry_run: bool = False) -> SealPlan:
+    """Everything checked that can be without the model (the config, every passage has questions, the split)."""
+    seal = cfg.seal
+    train, held_out = split_passages(load_passages(seal), seal.train_passages, seal.held_out_passages, cfg.seed)
+    return SealPlan(cfg, train, held_out, None if dry_run else claim_continuing(output, "seal", cfg))
+
+
+def run_seal(plan: SealPlan) -> dict:
+    from sdft.models import load_model
+
+    cfg = plan.cfg
+    loaded = load_model(cfg.model)
+    write_run_header(plan.run_dir, cfg, "seal", str(loaded.device), resumed=plan.claim.resuming)
+    finished = {r["round"]: r for r in read_jsonl_records(plan.run_dir / "rounds.jsonl")}
+    table: dict[str, float] = {}
+    with progress_bar() as bar:
+        bar_task = bar.add_task("seal rounds", total=cfg.seal.rounds)
+        with _inner_adapter(loaded, cfg):
+            table.update({row: _table_row(loaded, plan, row, 0, bar) for row in BASE_ROWS})
+        for r in range(1, cfg.seal.rounds + 1):
+            if not _policy_dir(plan, r).is_dir():
+                with _inner_adapter(loaded, cfg):
+                    _round(loaded, plan, r, bar)
+                _train_policy(loaded, plan, r)
+            else:
+                loaded = load_model(dataclasses.replace(cfg.model, name_or_path=str(_policy_dir(plan, r))))
+            with _inner_adapter(loaded, cfg):
+                table[f"seal_round_{r}"] = _table_row(loaded, plan, "seal", r, bar)
+            if r not in finished:
+                finished[r] = _round_summary(plan, r)
+                append_jsonl(plan.run_dir / "rounds.jsonl", [finished[r]])
+            bar.advance(bar_task)
+    results = {
+        "world": cfg.seal.source, "model": cfg.model.name_or_path, "template": cfg.seal.template, "k": cfg.seal.k,
+        "seed": cfg.seed, "metric": "strict accuracy on the held-out passages' questions, asked without the passage",
+        "seal_table": table, "rounds": [finished[r] for r in sorted(finished)],
+        "train_passages": [p.title for p in plan.train], "held_out_passages": [p.title for p in plan.held_out],
+    }
+    atomic_write_json(plan.run_dir / "results.json", results)
+    return results
+
+
+@contextmanager
+def _inner_adapter(loaded, cfg: Config) -> Iterator[None]:
+    """The policy wrapped in the inner adapter for the block, then unwrapped (the adapter reset, nothing merged)."""
+    from sdft.adapters import reset_adapters, wrap_with_lora
+
+    loaded.model = wrap_with_lora(loaded.model, cfg.seal.inner_lora, cfg.seed)
+    try:
+        yield
+    finally:
+        reset_adapters(loaded.model)
+        loaded.model = loaded.model.base_model.unload()
+
+
+def _policy_dir(plan: SealPlan, r: int) -> Path:
+    return plan.run_dir / "rounds" / f"round-{r}" / "policy"
+
+
+def _edits_path(plan: SealPlan, r: int) -> Path:
+    return plan.run_dir / "rounds" / f"round-{r}" / "self_edits.jsonl"
+
+
+def _seed(cfg: Config, *parts) -> int:
+    """A seed for one draw, fixed by the run's seed and what it is for (so a resumed run draws the same)."""
+    import hashlib
+
+    return int(hashlib.sha256(repr((cfg.seed, *parts)).encode()).hexdigest()[:8], 16)
+
+
+def _round(loaded, plan: SealPlan, r: int, bar) -> None:
+    """Round r's inner loop: for every training passage not yet recorded, k self-edits, each scored."""
+    from sdft.methods.seal import (
+        answer_accuracy,
+        best_self_edit,
+        sample_self_edits,
+        score_self_edit,
+    )
+
+    cfg, seal, path = plan.cfg, plan.cfg.seal, _edits_path(plan, r)
+    done = {record["title"] for record in read_jsonl_records(path)}
+    task = bar.add_task(f"round {r}: self-edits", total=len(plan.train), completed=len(done))
+    for passage in plan.train:
+        if passage.title in done:
+            continue
+        started = time.perf_counter()
+        baseline = answer_accuracy(loaded, passage, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        generations = sample_self_edits(loaded, passage, seal, seal.k, _seed(cfg, "round", r, passage.title))
+        scored = [score_self_edit(loaded, passage, g, baseline, seal, _seed(cfg, "fit", passage.title),
+                                  cfg.eval.max_new_tokens, cfg.eval.batch_size) for g in generations]
+        append_jsonl(path, [{"title": passage.title, "baseline": baseline, "self_edits": [s.record() for s in scored],
+                             "best": best_self_edit([s.reward for s in scored]),
+                             "seconds": time.perf_counter() - started}])
+        bar.advance(task)
+
+
+def _train_policy(loaded, plan: SealPlan, r: int) -> None:
+    """ReST-EM's SFT on round r's kept self-edits, merged and saved as round r's policy; no kept self-edit leaves the
+    policy as it was (saved all the same, so that the round counts as done)."""
+    from sdft.adapters import merge_and_save
+    from sdft.files import write_folder_whole
+    from sdft.methods.seal import outer_sft, self_edit_prompt
+
+    by_title = {p.title: p for p in plan.train}
+    pairs = [(self_edit_prompt(by_title[rec["title"]], plan.cfg.seal.template), rec["self_edits"][rec["best"]]["text"])
+             for rec in read_jsonl_records(_edits_path(plan, r)) if rec["best"] is not None]
+    if pairs:
+        wrapped, fit = outer_sft(loaded, pairs, plan.cfg.seal, _seed(plan.cfg, "outer", r))
+        loaded.model = merge_and_save(wrapped, loaded.tokenizer, _policy_dir(plan, r))
+        fit_record = {"examples": len(pairs), "steps": fit.steps, "loss_before": fit.loss_before,
+                      "loss_after": fit.loss_after, "seconds": fit.seconds}
+    else:
+        write_folder_whole(_policy_dir(plan, r), lambda tmp: (loaded.model.save_pretrained(str(tmp)),
+                                                              loaded.tokenizer.save_pretrained(str(tmp))))
+        fit_record = {"examples": 0}
+    atomic_write_json(_policy_dir(plan, r).parent / "sft.json", fit_record)
+
+
+def _round_summary(plan: SealPlan, r: int) -> dict:
+    """rounds.jsonl's line for round r, from its records (so a resumed round sums every session's seconds)."""
+    from sdft.runs import read_json
+
+    records = read_jsonl_records(_edits_path(plan, r))
+    edits = [e for rec in records for e in rec["self_edits"]]
+    sft = read_json(_policy_dir(plan, r).parent / "sft.json")
+    return {"round": r, "mean_reward": _mean([e["reward"] for e in edits]),
+            "positive_share": _mean([rec["best"] is not None for rec in records]),
+            "mean_self_edit_chars": _mean([len(e["text"]) for e in edits]),
+            "mean_self_edit_lines": _mean([e["lines"] for e in edits]),
+            "empty_self_edits": sum(e["empty"] for e in edits), "capped_self_edits": sum(e["hit_cap"] for e in edits),
+            "no_update_accuracy": _mean([rec["baseline"] for rec in records]), "passages": len(records),
+            "self_edits": len(edits), "sft": sft,
+            "seconds": sum(rec["seconds"] for rec in records) + sft.get("seconds", 0.0)}
+
+
+def _table_row(loaded, plan: SealPlan, row: str, r: int, bar) -> float:
+    """One row of the evaluation table: mean strict accuracy over the held-out passages, one update per passage.
+    `seal` rows use the current policy's self-edits (round r), base_self_edits the policy before any round."""
+    from sdft.methods.seal import (
+        answer_accuracy,
+        sample_self_edits,
+        score_self_edit,
+        updated_accuracy,
+    )
+
+    cfg, seal = plan.cfg, plan.cfg.seal
+    name = row if row != "seal" else f"seal_round_{r}"
+    path = plan.run_dir / "table" / f"{name}.jsonl"
+    records = {rec["title"]: rec for rec in read_jsonl_records(path)}
+    task = bar.add_task(f"table: {name}", total=len(plan.held_out), completed=len(records))
+    tokens, batch = cfg.eval.max_new_tokens, cfg.eval.batch_size
+    for passage in plan.held_out:
+        if passage.title in records:
+            continue
+        fit_seed, record = _seed(cfg, "fit", passage.title), {"title": passage.title}
+        if row in ("no_update", "oracle"):
+            record["accuracy"] = answer_accuracy(loaded, passage, tokens, batch, oracle=row == "oracle")
+        elif row == "passage_only":
+            record["accuracy"] = updated_accuracy(loaded, passage, [], seal, fit_seed, tokens, batch)
+        else:
+            baseline = answer_accuracy(loaded, passage, tokens, batch)
+            [generation] = sample_self_edits(loaded, passage, seal, 1, _seed(cfg, "table", r, passage.title))
+            scored = score_self_edit(loaded, passage, generation, baseline, seal, fit_seed, tokens, batch)
+            record.update(accuracy=scored.accuracy, self_edit=scored.record(), no_update=baseline)
+        append_jsonl(path, [record])
+        records[passage.title] = record
+        bar.advance(task)
+    return _mean([records[p.title]["accuracy"] for p in plan.held_out])
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else None
+
+
+def dry_run_lines(plan: SealPlan) -> list[str]:
+    """What `sdft seal --dry-run` prints: the checked passages and the plan, from the config alone (no model)."""
+    seal = plan.cfg.seal
+    questions = sum(len(p.questions) for p in plan.train + plan.held_out)
+    return [(f"source {seal.source} (world {seal.source}), model {plan.cfg.model.name_or_path}, questions from split "
+            f"'{seal.question_split}'"),
+            f"passages: {len(plan.train)} to train on, {len(plan.held_out)} held out ({questions} questions)",
+            (f"per round: {seal.k} self-edits per passage ({seal.template}, temperature {seal.sampling.temperature:g}, "
+            f"top-p {seal.sampling.top_p:g}), each fitted {seal.eval_times} times (LoRA r {seal.inner_lora.r}, "
+            f"{seal.inner_epochs} epochs, lr {seal.inner_learning_rate:g}, batch {seal.inner_batch_size})"),
+            (f"rounds: {seal.rounds}; SFT on the kept self-edits with LoRA r {seal.outer_lora.r}, "
+            f"{seal.outer_epochs} epochs, lr {seal.outer_learning_rate:g}, merged after each round"),
+            f"table rows: {', '.join([*BASE_ROWS, *(f'seal_round_{r}' for r in range(1, seal.rounds + 1))])}"]

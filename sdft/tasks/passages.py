@@ -1,0 +1,55 @@
+"""Passages for SEAL (METHOD.md 3.3): an article with the questions asked about it, the unit a self-edit is written
+for, fitted on and rewarded by. One home for how a knowledge source becomes passages and how they are split into
+the passages the rounds learn from and the held-out passages of the evaluation table."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sdft.errors import UserError
+
+
+@dataclass(frozen=True)
+class Passage:
+    title: str
+    text: str
+    questions: tuple[tuple[str, str], ...]
+    """(question, reference answer) pairs, asked without the passage."""
+    scorer: str
+    """A name in sdft.scoring.SCORERS: how an answer is graded (the task's own scorer)."""
+
+
+def embedded_passages(question_split: str) -> list[Passage]:
+    """The embedded knowledge world's task events: each article with its questions in `question_split`, graded as the
+    knowledge task grades them (strict)."""
+    from sdft.tasks import knowledge_world as world
+
+    if question_split not in world.SPLITS:
+        raise UserError(f"seal.question_split: the embedded knowledge task has no split '{question_split}' "
+                        f"(it has: {', '.join(world.SPLITS)})")
+    return [Passage(e.title, world.article(e), tuple(world.questions(e, question_split)), "knowledge")
+            for e in world.events("task", world.VERSION)]
+
+
+def load_passages(seal) -> list[Passage]:
+    """The passages of `seal.source` (a SealConfig), each checked to have questions."""
+    passages = embedded_passages(seal.question_split)
+    for passage in passages:
+        if not passage.questions:
+            raise UserError(f"seal: the passage {passage.title!r} has no questions in split '{seal.question_split}'; "
+                            "every passage needs questions to reward a self-edit")
+    return passages
+
+
+def split_passages(passages: list[Passage], train: int, held_out: int, seed: int) -> tuple[list[Passage], list[Passage]]:
+    """(training passages, held-out passages): a shuffle of the titles fixed by `seed` (a hash, so it does not depend
+    on Python's hash seed or the passages' order), the first `held_out` held out, the next `train` trained on."""
+    if train + held_out > len(passages):
+        raise UserError(f"seal.train_passages ({train}) + seal.held_out_passages ({held_out}) exceed the "
+                        f"{len(passages)} passages of the source")
+    if len({p.title for p in passages}) != len(passages):
+        raise UserError("seal: two passages share a title (a passage is named by its title)")
+    key = lambda p: hashlib.sha256(f"{seed}\n{p.title}".encode()).hexdigest()
+    ordered = sorted(passages, key=key)
+    return ordered[held_out:held_out + train], ordered[:held_out]
