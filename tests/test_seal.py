@@ -15,12 +15,17 @@ from typer.testing import CliRunner
 from sdft.adapters import adapter_parameters, wrap_with_lora
 from sdft.cli import app
 from sdft.config import TEMPLATE_NAMES, Config, ModelConfig, SealConfig, load_config
-from sdft.eval_cache import model_fingerprint
 from sdft.errors import UserError
+from sdft.eval_cache import model_fingerprint
 from sdft.files import read_jsonl_records
 from sdft.generation import Generation
 from sdft.methods import seal as seal_methods
-from sdft.methods.seal import best_self_edit, outer_sft, score_self_edit, self_edit_lines
+from sdft.methods.seal import (
+    best_self_edit,
+    outer_sft,
+    score_self_edit,
+    self_edit_lines,
+)
 from sdft.models import load_model
 from sdft.prompts import render_prompt
 from sdft.tasks.articles import SELF_EDIT_TEMPLATES
