@@ -150,16 +150,16 @@ def _train_policy(loaded, plan: SealPlan, r: int) -> None:
     by_title = {p.title: p for p in plan.train}
     pairs = [(self_edit_prompt(by_title[rec["title"]], plan.cfg.seal.template), rec["self_edits"][rec["best"]]["text"])
              for rec in read_jsonl_records(_edits_path(plan, r)) if rec["best"] is not None]
+    sft_path = _policy_dir(plan, r).parent / "sft.json"  # written before the policy, which marks the round trained
     if pairs:
         wrapped, fit = outer_sft(loaded, pairs, plan.cfg.seal, _seed(plan.cfg, "outer", r))
+        atomic_write_json(sft_path, {"examples": len(pairs), "steps": fit.steps, "loss_before": fit.loss_before,
+                                     "loss_after": fit.loss_after, "seconds": fit.seconds})
         loaded.model = merge_and_save(wrapped, loaded.tokenizer, _policy_dir(plan, r))
-        fit_record = {"examples": len(pairs), "steps": fit.steps, "loss_before": fit.loss_before,
-                      "loss_after": fit.loss_after, "seconds": fit.seconds}
     else:
+        atomic_write_json(sft_path, {"examples": 0})
         write_folder_whole(_policy_dir(plan, r), lambda tmp: (loaded.model.save_pretrained(str(tmp)),
                                                               loaded.tokenizer.save_pretrained(str(tmp))))
-        fit_record = {"examples": 0}
-    atomic_write_json(_policy_dir(plan, r).parent / "sft.json", fit_record)
 
 
 def _round_summary(plan: SealPlan, r: int) -> dict:
@@ -171,6 +171,7 @@ def _round_summary(plan: SealPlan, r: int) -> dict:
     sft = read_json(_policy_dir(plan, r).parent / "sft.json")
     return {"round": r, "mean_reward": _mean([e["reward"] for e in edits]),
             "positive_share": _mean([rec["best"] is not None for rec in records]),
+            "mean_self_edit_tokens": _mean([e["tokens"] for e in edits]),
             "mean_self_edit_chars": _mean([len(e["text"]) for e in edits]),
             "mean_self_edit_lines": _mean([e["lines"] for e in edits]),
             "empty_self_edits": sum(e["empty"] for e in edits), "capped_self_edits": sum(e["hit_cap"] for e in edits),

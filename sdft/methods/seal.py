@@ -33,6 +33,8 @@ class Scored:
     text: str
     lines: list[str]
     hit_cap: bool
+    tokens: int
+    """The self-edit's length in generated tokens (its eos included)."""
     accuracy: float
     """Closed-book accuracy after the update (mean over eval_times); the no-update accuracy for an empty self-edit."""
     reward: float
@@ -43,7 +45,8 @@ class Scored:
         return not self.lines
 
     def record(self) -> dict:
-        return {"text": self.text, "lines": len(self.lines), "hit_cap": self.hit_cap, "empty": self.empty,
+        return {"text": self.text, "lines": len(self.lines), "hit_cap": self.hit_cap, "tokens": self.tokens,
+                "empty": self.empty,
                 "accuracy": self.accuracy, "reward": self.reward}
 
 
@@ -110,9 +113,9 @@ def score_self_edit(loaded, passage: Passage, generation: Generation, baseline: 
     (no line) is a no-op update with reward 0."""
     lines = self_edit_lines(generation.text)
     if not lines:
-        return Scored(generation.text, [], generation.hit_cap, baseline, 0.0)
+        return Scored(generation.text, [], generation.hit_cap, len(generation.token_ids), baseline, 0.0)
     accuracy = updated_accuracy(loaded, passage, lines, seal, seed, max_new_tokens, batch_size)
-    return Scored(generation.text, lines, generation.hit_cap, accuracy, accuracy - baseline)
+    return Scored(generation.text, lines, generation.hit_cap, len(generation.token_ids), accuracy, accuracy - baseline)
 
 
 def best_self_edit(rewards: Sequence[float]) -> int | None:
