@@ -7,6 +7,7 @@ one."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +199,28 @@ def test_rounds_count_empty_self_edits_train_the_policy_and_resume(tiny_model_di
         assert without_seconds(read_jsonl_records(tmp_path / "cut" / path)) == without_seconds(
             read_jsonl_records(tmp_path / "whole" / path))
     assert resumed["seal_table"] == whole["seal_table"]
+
+
+@pytest.mark.slow
+def test_sdft_seal_end_to_end_on_the_embedded_world(tmp_path):
+    """The command on the shipped model, small: every file of the run folder, the table's keys, and a rerun on the
+    finished folder that recomputes nothing."""
+    import json
+
+    sets = ["seal.k=2", "seal.train_passages=2", "seal.held_out_passages=2", "seal.eval_times=1", "seal.inner_epochs=2",
+            "seal.rounds=2", "seal.max_self_edit_tokens=64", "eval.max_new_tokens=24"]
+    args = ["seal", str(Path(__file__).resolve().parent.parent / "configs" / "seal.yaml"), "--output", str(tmp_path / "run"),
+            *(item for s in sets for item in ("--set", s))]
+    first = CliRunner().invoke(app, args, prog_name="sdft")
+    assert first.exit_code == 0, first.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert list(results["seal_table"]) == ["no_update", "passage_only", "base_self_edits", "oracle", "seal_round_1",
+                                           "seal_round_2"]
+    assert [r["round"] for r in results["rounds"]] == [1, 2] and all(r["self_edits"] == 4 for r in results["rounds"])
+    for r in (1, 2):
+        assert (tmp_path / "run" / "rounds" / f"round-{r}" / "policy" / "model.safetensors").is_file()
+        assert len(read_jsonl_records(tmp_path / "run" / "rounds" / f"round-{r}" / "self_edits.jsonl")) == 2
+    stamp = (tmp_path / "run" / "rounds.jsonl").stat().st_mtime_ns
+    again = CliRunner().invoke(app, args, prog_name="sdft")
+    assert again.exit_code == 0 and json.loads((tmp_path / "run" / "results.json").read_text())["seal_table"] == \
+        results["seal_table"] and (tmp_path / "run" / "rounds.jsonl").stat().st_mtime_ns == stamp
