@@ -52,8 +52,9 @@ class SealConfig:
     """The prompt that asks for a self-edit: implications (paper's default), rewrite, self_qa (SEAL code's names)."""
     sampling: SamplingConfig = field(default_factory=_self_edit_sampling)
     """How self-edits are drawn (paper: temperature 1.0, top-p 0.95)."""
-    max_self_edit_tokens: int = 256
-    """Length cap of a self-edit (ours; one that hits it is kept, its lines used, and counted as capped)."""
+    max_self_edit_tokens: int = 512
+    """Length cap of a self-edit (ours: the embedded model's tokens are characters and its question-shaped self-edits
+    run to ~300; 256 cut them, a smoke run found). One that hits the cap is kept, its lines used, and counted."""
     inner_lora: LoraConfig = field(default_factory=_inner_lora)
     """The adapter fitted per self-edit, reset before every fit (paper: r 32, alpha 64)."""
     inner_epochs: int = 10
