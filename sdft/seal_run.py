@@ -79,11 +79,17 @@ def run_seal(plan: SealPlan) -> dict:
     results = {
         "world": cfg.seal.source, "model": cfg.model.name_or_path, "template": cfg.seal.template, "k": cfg.seal.k,
         "seed": cfg.seed, "metric": "strict accuracy on the held-out passages' questions, asked without the passage",
-        "seal_table": table, "rounds": [finished[r] for r in sorted(finished)],
+        "seal_table": _in_table_order(table), "rounds": [finished[r] for r in sorted(finished)],
         "train_passages": [p.title for p in plan.train], "held_out_passages": [p.title for p in plan.held_out],
     }
     atomic_write_json(plan.run_dir / "results.json", results)
     return results
+
+
+def _in_table_order(table: dict[str, float]) -> dict[str, float]:
+    """The paper's order: no update, passage only, base self-edits, each SEAL round, the passage in the prompt."""
+    rounds = sorted((k for k in table if k.startswith("seal_round_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    return {k: table[k] for k in ("no_update", "passage_only", "base_self_edits", *rounds, "oracle")}
 
 
 @contextmanager

@@ -214,8 +214,8 @@ def test_sdft_seal_end_to_end_on_the_embedded_world(tmp_path):
     first = CliRunner().invoke(app, args, prog_name="sdft")
     assert first.exit_code == 0, first.output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert list(results["seal_table"]) == ["no_update", "passage_only", "base_self_edits", "oracle", "seal_round_1",
-                                           "seal_round_2"]
+    assert list(results["seal_table"]) == ["no_update", "passage_only", "base_self_edits", "seal_round_1",
+                                           "seal_round_2", "oracle"]
     assert [r["round"] for r in results["rounds"]] == [1, 2] and all(r["self_edits"] == 4 for r in results["rounds"])
     for r in (1, 2):
         assert (tmp_path / "run" / "rounds" / f"round-{r}" / "policy" / "model.safetensors").is_file()
