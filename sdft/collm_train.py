@@ -99,6 +99,5 @@ def base_answers(service: EvalService, base: LoadedModel, task: TaskSpec, rows: 
     view = dataclasses.replace(task, splits={service.cfg.eval.split: rows},
                                version=f"{task.version}+collm-{split}-{len(rows)}")
     (evaluated,) = service.evaluate(base, [(view, False)])
-    by_row = {s["row"]: s for s in evaluated.samples}
-    return [by_row[i]["response"] if by_row[i]["score"] > 0 and not by_row[i]["hit_cap"] else None
-            for i in range(len(rows))]
+    right = {s["row"]: s["response"] for s in evaluated.samples if s["score"] > 0 and not s["hit_cap"]}
+    return [right.get(i) for i in range(len(rows))]  # rows past eval.limit get no answer

@@ -44,17 +44,23 @@ def collm_table(results: dict) -> Table:
 
 
 def sweep_records(results: dict) -> list[dict]:
-    """The CSV's rows: each validation threshold, then the three systems on the test split."""
-    tasks = results["tasks"]
-    records = [{"split": "validation", "system": "collm", "source": r["source"], "threshold": r["threshold"],
-                "deferral_rate": r["overall_deferral_rate"], **{t: r["validation_accuracy"].get(t) for t in tasks},
-                "general": r["general_mean"]} for r in results["sweep"]]
+    """The CSV's rows: each validation threshold, then the three systems on the test split; per task (and the general
+    suite) its accuracy and the share of its tokens the expert wrote."""
+    columns = [*results["tasks"], "general"]
+    records = []
+    for r in results["sweep"]:
+        accuracy = {**r["validation_accuracy"], "general": r["general_mean"]}
+        records.append({"split": "validation", "system": "collm", "source": r["source"], "threshold": r["threshold"],
+                        "deferral_rate": r["overall_deferral_rate"],
+                        **{c: accuracy.get(c) for c in columns},
+                        **{f"deferred_{c}": r["deferral_rate"].get(c) for c in columns}})
     for key, entry in results["systems"].items():
-        rate = entry.get("deferral_rate")
+        fixed = {"base": 0.0, "expert": 1.0}.get(key)  # base alone writes nothing of the expert's, the expert all
+        rates = entry.get("deferral_rate", {})
         records.append({"split": "test", "system": key, "source": "", "threshold": entry.get("threshold", ""),
-                        "deferral_rate": {"base": 0.0, "expert": 1.0}.get(key, rate and rate.get("general")),
-                        **{t: entry["scores"][t]["accuracy"] for t in tasks},
-                        "general": (entry.get("general") or {}).get("mean")})
+                        "deferral_rate": "", **{t: entry["scores"][t]["accuracy"] for t in results["tasks"]},
+                        "general": (entry.get("general") or {}).get("mean"),
+                        **{f"deferred_{c}": fixed if fixed is not None else rates.get(c) for c in columns}})
     return records
 
 
@@ -76,18 +82,18 @@ def collm_plot(results: dict, records: list[dict], path: Path) -> Path:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    sweep = sorted((r for r in records if r["split"] == "validation"), key=lambda r: r["deferral_rate"])
+    sweep = [r for r in records if r["split"] == "validation"]
     test = [r for r in records if r["split"] == "test"]
     for i, column in enumerate([*results["tasks"], "general"]):
-        colour = f"C{i}"
-        if sweep and sweep[0][column] is not None:
-            ax.plot([r["deferral_rate"] for r in sweep], [r[column] for r in sweep], "-o", color=colour, ms=3,
-                    label=f"{column}: Co-LLM thresholds (validation)")
+        colour, x = f"C{i}", f"deferred_{column}"
+        points = sorted((r[x], r[column]) for r in sweep if r[column] is not None and r[x] is not None)
+        if points:
+            ax.plot(*zip(*points), "-o", color=colour, ms=3, label=f"{column}: Co-LLM thresholds (validation)")
         for r, marker in zip(test, ("s", "^", "*")):
-            if r[column] is not None and r["deferral_rate"] is not None:
-                ax.plot(r["deferral_rate"], r[column], marker, color=colour, ms=9 if marker == "*" else 7,
+            if r[column] is not None and r[x] is not None:
+                ax.plot(r[x], r[column], marker, color=colour, ms=9 if marker == "*" else 7,
                         label=f"{column}: {SYSTEMS[r['system']]} (test)")
-    ax.set_xlabel("share of tokens written by the expert")
+    ax.set_xlabel("share of the task's tokens written by the expert")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"Co-LLM: accuracy against deferral (world: {results['world']})", fontsize=10)
