@@ -156,7 +156,7 @@ def dry_run_lines(plan: CollmPlan) -> list[str]:
     cfg, c = plan.cfg, plan.cfg.collm
     expert = (f"expert {c.expert} (tokenizer shared with the base)" if c.expert is not None else
               f"expert: trained first from the base by `train` ({cfg.train.method} on {cfg.train.task}, "
-              f"{cfg.train.steps if cfg.train.epochs is None else f'{cfg.train.epochs:g} epochs'}; kept in <run>/expert/)")
+              f"{f'{cfg.train.steps} steps' if cfg.train.epochs is None else f'{cfg.train.epochs:g} epochs'}; kept in <run>/expert/)")
     lines = [f"world {world_of(cfg.model.name_or_path, [*plan.tasks, *plan.general])}, base {cfg.model.name_or_path}",
              expert, *[f"not checked: {note}" for note in plan.notes]]
     rows = 0

@@ -98,9 +98,9 @@ def test_an_expert_that_is_the_base_is_allowed_with_a_warning(tiny_model_dir, cu
 def test_dry_run_of_the_embedded_config(tmp_path):
     code, out = invoke("collm", CONFIGS / "collm.yaml", "--dry-run")
     assert code == 0, out
-    assert "expert: trained first from the base by `train` (sft on medical, 400" in out
+    assert "expert: trained first from the base by `train` (sft on medical, 400 steps" in out
     assert "task medical (v5): 1560 training rows (demonstrations), 40 validation rows" in out
-    assert "task repeat (v5): 200 training rows (base answers (where right))" in out
+    assert "task repeat (v5): 400 training rows (base answers (where right))" in out
     assert "everything that can be checked offline is valid" in out
     assert not (tmp_path / "runs").exists()
 
@@ -157,3 +157,36 @@ def test_the_embedded_demo_reaches_the_target(tmp_path):
     assert collm["scores"]["medical"]["accuracy"] >= 0.9 * expert["scores"]["medical"]["accuracy"]
     assert collm["general"]["mean"] >= base["general"]["mean"] - 0.05
     assert collm["deferral_rate"]["general"] < 0.10
+
+
+def test_the_expert_step_is_reused_when_finished_and_resumed_when_cut_off(tmp_path, monkeypatch):
+    from sdft.collm_run import train_expert
+    from sdft.config import load_config
+
+    calls = []
+    monkeypatch.setattr("sdft.train_run.run_train", lambda cfg, out, resume: calls.append((out, resume, cfg.train)))
+    cfg, run = load_config(CONFIGS / "collm.yaml"), tmp_path / "run"
+    assert train_expert(cfg, run) == str(run / "expert")
+    assert calls[-1][:2] == (run / "expert", False) and calls[-1][2].evaluate is False  # this command evaluates it
+    assert (calls[-1][2].method, calls[-1][2].task, calls[-1][2].steps) == ("sft", "medical", 400)
+    (run / "expert").mkdir(parents=True)
+    (run / "expert" / "env.json").write_text(json.dumps({"command": "train"}))  # a cut-off train run: resumed
+    train_expert(cfg, run)
+    assert calls[-1][1] is True
+    (run / "expert" / "results.json").write_text("{}")  # finished: reused
+    train_expert(cfg, run)
+    assert len(calls) == 2
+
+
+def test_a_run_that_trains_its_expert_first(tiny_model_dir, custom_task_file, tmp_path):
+    code, out = invoke("collm", CONFIGS / "collm.yaml", "--output", tmp_path / "run",
+                       *sets(f"model.name_or_path={tiny_model_dir}", "collm.expert=null",
+                             f"custom_tasks=[{custom_task_file}]", "tasks=[doubling]", "eval.general=[]",
+                             "train.task=doubling", "train.steps=2", "train.batch_size=2", "collm.validation_rows=2",
+                             "collm.init_steps=1", "collm.epochs=null", "collm.steps=1", "collm.batch_size=2",
+                             "collm.threshold=0.5", "eval.max_new_tokens=4"))
+    assert code == 0, out
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["expert_trained"] is True and results["expert_model"] == str(tmp_path / "run" / "expert")
+    assert (tmp_path / "run" / "expert" / "model" / "config.json").is_file()
+    assert results["threshold"] == 0.5 and results["sweep"] == [] and results["threshold_source"] == "config"
