@@ -112,7 +112,7 @@ def test_dry_run_of_the_paper_config(monkeypatch):
     assert code == 0, out
     assert "base Qwen/Qwen2.5-7B-Instruct" in out and "(sft on medical, 2 epochs" in out
     assert "not checked: medical: hub data is not fetched in a dry run" in out
-    assert "base full, lr 2e-05, linear, 4% warm-up" in out
+    assert "base lora, lr 2e-05, linear, 4% warm-up" in out
 
 
 def test_dry_run_with_a_sequence_stage_folder_as_the_expert(tiny_model_dir, stage_expert, custom_task_file):
