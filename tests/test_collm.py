@@ -242,3 +242,18 @@ def test_deferring_on_some_tokens_matches_a_no_cache_reference(tiny_model_dir, e
                     break
         assert _decoded(out)[row] == written
         assert out.deferred[row, : len(written)].tolist() == deferred
+
+
+def test_the_linear_schedule_warms_up_then_decays_to_zero():
+    from sdft.config import TrainConfig
+    from sdft.methods.harness import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, TrainConfig(steps=10, warmup_steps=2, lr_schedule="linear"))
+    rates = []
+    for _ in range(10):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:3] == pytest.approx([1 / 3, 2 / 3, 1.0]) and rates[-1] == pytest.approx(1 / 8)
+    assert all(a > b for a, b in zip(rates[2:], rates[3:]))
