@@ -33,13 +33,15 @@ def evaluate_systems(cfg: Config, plan, service, trained, systems: dict) -> dict
             "sweep": sweep, "speed": speed}
 
 
+def share(evals: list[TaskEval]) -> float:
+    """The fraction of the generated tokens (of all these evaluations together) that the expert wrote."""
+    tokens = sum(s["tokens"] for e in evals for s in e.samples)
+    return sum(s["deferred"] for e in evals for s in e.samples) / tokens if tokens else 0.0
+
+
 def deferral_stats(tasks: list[TaskEval], general: list[TaskEval]) -> dict:
     """The share of generated tokens the expert wrote, per task and over the whole general suite, and the expert's
     calls per answer (the decoder calls it once per deferred token, catching up on what the base wrote since)."""
-    def share(evals):
-        tokens = sum(s["tokens"] for e in evals for s in e.samples)
-        return sum(s["deferred"] for e in evals for s in e.samples) / tokens if tokens else 0.0
-
     def calls(evals):
         samples = [s for e in evals for s in e.samples]
         return sum(s["deferred"] for s in samples) / len(samples) if samples else 0.0
@@ -79,7 +81,7 @@ def _sweep_row(source: str, eta: float, evals: list[TaskEval], general: set[str]
     stats = deferral_stats([e for e in evals if e.task not in general], [e for e in evals if e.task in general])
     return {"source": source, "threshold": eta, "validation_accuracy": acc,
             "general_mean": sum(gen) / len(gen) if gen else None, "deferral_rate": stats["deferral_rate"],
-            "overall_deferral_rate": deferral_stats([], evals)["deferral_rate"].get("general", 0.0),
+            "overall_deferral_rate": share(evals),
             "score": sum(parts) / len(parts)}
 
 
