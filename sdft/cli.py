@@ -234,6 +234,33 @@ def ttt(
     console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
 
 
+@app.command()
+@user_errors
+def collm(
+    config: Annotated[Path, typer.Argument(help="YAML config with a collm section (e.g. configs/collm.yaml).")],
+    set_: SetOption = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder (default: runs/<timestamp>-collm); re-running on the same folder continues where it stopped.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the config, tasks and tokenizers offline and print the plan; load no weights.")] = False,
+) -> None:
+    """Co-LLM: a base model learns when to hand a token to an expert; base, expert and the pair on every task and the general suite."""
+    cfg = _config(config, set_, offline=dry_run)
+    from sdft.collm_run import dry_run_lines, plan_collm, run_collm
+    from sdft.report.collm import collm_table
+
+    plan = plan_collm(cfg, output, dry_run=dry_run)
+    if dry_run:
+        if cfg.collm.expert is None:  # the expert this run trains first: `sdft train`'s dry run
+            from sdft.dry_run import dry_run_train, print_dry_run
+
+            print_dry_run(dry_run_train(cfg), console)
+        for line in dry_run_lines(plan):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
+    results = run_collm(plan)
+    console.print(collm_table(results))
+    console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
+
+
 @app.command("tasks")
 @user_errors
 def tasks_(config: ConfigOption = None, set_: SetOption = None) -> None:

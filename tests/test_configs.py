@@ -11,7 +11,7 @@ from sdft.config import load_config
 from sdft.tasks.registry import require_known, task_registry
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-EXPECTED = {"default.yaml", "dft.yaml", "sdft.yaml", "sft.yaml", "sft_reinvoke.yaml", "ttt.yaml", "paper/knowledge.yaml",
+EXPECTED = {"collm.yaml", "paper/collm.yaml", "default.yaml", "dft.yaml", "sdft.yaml", "sft.yaml", "sft_reinvoke.yaml", "ttt.yaml", "paper/knowledge.yaml",
             "paper/medical.yaml", "paper/science.yaml", "paper/sequence.yaml", "paper/tools.yaml", "paper/ttt-bbh.yaml"}
 FILES = sorted(CONFIGS.rglob("*.yaml"))
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdft.config.collm import CollmConfig, collm_checks
 from sdft.config.mapping import apply_override, from_mapping
 from sdft.config.sections import (EMBEDDED_TASKS, CheckConfig, EvalConfig, LoraConfig, ModelConfig, SamplingConfig,
                                   TaskSourceConfig)
@@ -34,6 +35,7 @@ class Config:
     check: CheckConfig = field(default_factory=CheckConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
+    collm: CollmConfig = field(default_factory=CollmConfig)
     seed: int = 0
     output_root: str = "runs"
     """Where run folders go when a command gets no --output."""
@@ -73,6 +75,7 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
         (min(train.checkpoint_every, train.log_every, train.keep_checkpoints) < 1, "train.checkpoint_every, log_every and keep_checkpoints must be >= 1"),
         *_trl_engine_checks(train),
         *ttt_checks(cfg.ttt),
+        *collm_checks(cfg.collm),
         ("sft_reinvoke" in (train.method, *cfg.sequence.methods) and not (train.reinvoke.tasks or ev.general),
          "train.method sft_reinvoke distils on general prompts, and both train.reinvoke.tasks and eval.general are "
          "empty: name a task whose prompts to use, e.g. --set train.reinvoke.tasks=[my_chat_prompts]"),

@@ -116,7 +116,8 @@ class TrainConfig:
     """Prompts per optimizer step, across gradient accumulation and processes."""
     gradient_accumulation: int = 1
     learning_rate: float = 1e-4
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    """After the warm-up: cosine decay to 0, constant, or linear decay to 0 (Co-LLM's schedule)."""
     warmup_steps: int = 10
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
