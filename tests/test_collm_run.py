@@ -190,3 +190,15 @@ def test_a_run_that_trains_its_expert_first(tiny_model_dir, custom_task_file, tm
     assert results["expert_trained"] is True and results["expert_model"] == str(tmp_path / "run" / "expert")
     assert (tmp_path / "run" / "expert" / "model" / "config.json").is_file()
     assert results["threshold"] == 0.5 and results["sweep"] == [] and results["threshold_source"] == "config"
+
+
+def test_a_stage_folder_written_by_a_real_sequence_is_an_expert(tiny_model_dir, custom_task_file, tmp_path):
+    """The folder `sdft sequence` itself writes (one full fine-tuning stage of one step), not a look-alike."""
+    code, out = invoke("sequence", "doubling", "--output", tmp_path / "seq", "--methods", "sft",
+                       *sets(f"model.name_or_path={tiny_model_dir}", f"custom_tasks=[{custom_task_file}]",
+                             "eval.general=[]", "eval.max_new_tokens=4", "train.steps=1", "train.batch_size=2",
+                             "train.max_completion_tokens=24"))
+    assert code == 0, out
+    stage = tmp_path / "seq" / "sft" / "seed-0" / "stage-1-doubling"
+    code, out = invoke("collm", CONFIGS / "collm.yaml", "--dry-run", *_tiny(tiny_model_dir, stage, custom_task_file))
+    assert code == 0 and f"expert {stage} (tokenizer shared with the base)" in out, out
