@@ -117,9 +117,21 @@ def train_expert(cfg: Config, run_dir: Path) -> str:
 
     folder = run_dir / EXPERT_DIR
     if not (folder / "results.json").is_file():
-        expert_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, evaluate=False))
-        run_train(expert_cfg, folder, resume=earlier_command(folder) == "train")
+        train = dataclasses.replace(cfg.train, evaluate=False, max_rows=expert_rows(cfg))
+        run_train(dataclasses.replace(cfg, train=train), folder, resume=earlier_command(folder) == "train")
     return str(folder)
+
+
+def expert_rows(cfg: Config) -> int | None:
+    """The expert never trains on the rows that choose the threshold: when it learns a Co-LLM task from the split the
+    head trains on, its rows stop before that task's validation rows (collm_steps.split_rows: the last
+    validation_rows of the first collm.max_rows)."""
+    c, t = cfg.collm, cfg.train
+    if t.task not in (c.tasks or cfg.tasks) or t.split != c.split:
+        return t.max_rows
+    registry = task_registry(cfg.custom_tasks, cfg.task_sources)
+    available = len(registry[t.task]().rows(c.split, c.max_rows))
+    return min(t.max_rows or available, available - c.validation_rows)
 
 
 def run_collm(plan: CollmPlan) -> dict:

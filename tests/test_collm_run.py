@@ -202,3 +202,15 @@ def test_a_stage_folder_written_by_a_real_sequence_is_an_expert(tiny_model_dir, 
     stage = tmp_path / "seq" / "sft" / "seed-0" / "stage-1-doubling"
     code, out = invoke("collm", CONFIGS / "collm.yaml", "--dry-run", *_tiny(tiny_model_dir, stage, custom_task_file))
     assert code == 0 and f"expert {stage} (tokenizer shared with the base)" in out, out
+
+
+def test_an_expert_trained_by_the_run_never_sees_the_threshold_rows(custom_task_file):
+    from sdft.collm_run import expert_rows
+    from sdft.config import load_config
+
+    def rows(*more):
+        return expert_rows(load_config(None, [f"custom_tasks=[{custom_task_file}]", "tasks=[doubling]",
+                                              "train.task=doubling", "collm.validation_rows=2", *more]))
+    assert rows() == 6 - 2  # the fixture's train split has 6 rows; the last 2 choose the threshold
+    assert rows("collm.max_rows=5") == 5 - 2 and rows("train.max_rows=3") == 3
+    assert rows("train.split=test") is None  # another split: nothing to hold out
