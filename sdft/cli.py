@@ -203,6 +203,8 @@ def sequence(
         return
     plan = plan_sequence(cfg, output)
     results = run_sequence(plan)
+    if not results:  # a process other than the main one of a launched job: the main one reports
+        return
     for method in results["methods"]:
         console.print(matrix_table(results, method))
     console.print(comparison_table(results))
