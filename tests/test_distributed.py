@@ -1,5 +1,6 @@
 """Several processes: `sdft train` under `accelerate launch` (DDP), and train.sharding=fsdp (sdft/distributed.py) on
-two CPU processes (gloo) under torchrun: the same losses and final weights as one process on the same global batch,
+two CPU processes (gloo) under torchrun: SDFT (frozen, EMA, LoRA EMA teacher), SFT and DFT give the same losses and
+final weights as one process on the same global batch,
 exact resume after a kill, the sequence's two stages; and the settings sharding refuses, each in one line."""
 
 import json
@@ -102,12 +103,19 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
                                else "model.safetensors"))
 
 
+SINGLE_SFT = ["--set", "train.sharding=fsdp"]
+"""SFT's single-process reference: the native loop in one process (its Trainer path draws another data order)."""
+
+
 @pytest.mark.slow  # two launches of a few seconds each
-@pytest.mark.parametrize("extra", ["teacher: frozen", "teacher: ema", "teacher: ema}\nlora: {enabled: true"],
-                         ids=["frozen", "ema", "lora-ema"])
-def test_fsdp_on_two_processes_equals_one_process_on_the_same_global_batch(tmp_path, tiny_model_dir, extra):
-    config = _task_config(tmp_path, tiny_model_dir, f"{FSDP_TRAIN}, {extra}")
-    _sdft(["train", str(config), "--output", "single"], tmp_path)
+@pytest.mark.parametrize("extra, single", [
+    ("teacher: frozen", []), ("teacher: ema", []), ("teacher: ema}\nlora: {enabled: true", []),
+    ("method: sft", SINGLE_SFT), ("method: dft", SINGLE_SFT),
+], ids=["frozen", "ema", "lora-ema", "sft", "dft"])
+def test_fsdp_on_two_processes_equals_one_process_on_the_same_global_batch(tmp_path, tiny_model_dir, extra, single):
+    train = FSDP_TRAIN.replace("max_completion_tokens: 6", "max_completion_tokens: 32") if single else FSDP_TRAIN
+    config = _task_config(tmp_path, tiny_model_dir, f"{train}, {extra}")  # 32: a demonstration's length
+    _sdft(["train", str(config), "--output", "single", *single], tmp_path)
     _sdft(["train", str(config), "--output", "sharded", "--set", "train.sharding=fsdp"], tmp_path, processes=2)
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     assert _losses(sharded) == pytest.approx(_losses(single), rel=LOSS_RTOL)
