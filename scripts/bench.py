@@ -52,6 +52,12 @@ CONFIGS = {  # name: (method, engine, teacher, lora)
     "trl-ema-full": ("sdft", "trl", "ema", False),
     "trl-frozen-lora": ("sdft", "trl", "frozen", True),
 }
+LAUNCHED = {  # name: (configuration, processes, train.sharding): one configuration launched by torchrun
+    "sdft-ema-full-ddp2": ("sdft-ema-full", 2, "none"),
+    "sdft-ema-full-fsdp2": ("sdft-ema-full", 2, "fsdp"),
+}
+"""Peak memory per process under several processes: every process holds everything (DDP), or shards (FSDP,
+sdft/distributed.py). A row's peak is the largest process's; the batch (--batch) is the global one, split."""
 SHAPES = {  # random-init models shaped like real ones (Qwen2.5 configs), with the embedded tokenizer
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2),
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help=f"embedded, a local folder, or a shape: {sorted(SHAPES)}")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS) +
+                        "; launched on several processes (not in the default list): " + ", ".join(LAUNCHED))
     parser.add_argument("--task", default="science", help="an embedded task: its rows are the data")
     parser.add_argument("--batch", type=int, default=32, help="prompts per optimizer step (train.batch_size; "
                         "default: the published 32)")
@@ -119,9 +126,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--rows {args.rows} is below --batch {args.batch}: every configuration trains on full batches "
                      "(TRL's sampler drops an incomplete one); give at least as many rows as the batch")
     args.configs = [c for c in args.configs.split(",") if c]
-    unknown = [c for c in args.configs if c not in CONFIGS]
+    unknown = [c for c in args.configs if c not in CONFIGS and c not in LAUNCHED]
     if unknown:
-        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS) + list(LAUNCHED)}")
+    odd = [c for c in args.configs if c in LAUNCHED and args.batch % LAUNCHED[c][1]]
+    if odd:
+        parser.error(f"--batch {args.batch} does not split over the processes of {odd}")
     return args
 
 
@@ -151,16 +161,37 @@ def merge_rounds(results: list[dict]) -> dict:
 
 
 def run_subprocess(spec: dict) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    processes = LAUNCHED[spec["config"]][1] if spec["config"] in LAUNCHED else 1
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                "--master_port", str(_free_port())] if processes > 1 else [sys.executable]
+    command = [*launcher, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode == 0 and len(lines) == processes > 1:
+        return merge_processes([json.loads(line[len(RESULT_PREFIX) :]) for line in lines])
     if done.returncode != 0 or not lines:
         told = [line for line in done.stderr.splitlines() if line.startswith(USER_ERROR_PREFIX)]
         if told:
             raise SystemExit(f"bench.py: {spec['config']}: {told[-1][len(USER_ERROR_PREFIX):]}")
         raise RuntimeError(f"{spec['config']} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def merge_processes(results: list[dict]) -> dict:
+    """A launched configuration's processes as one row: the largest process's memory, the main process's times."""
+    main = next(r for r in results if r.get("rank", 0) == 0)
+    return {**main, "processes": len(results), "peak_mb": max(r["peak_mb"] for r in results),
+            "train_mb": max(r["train_mb"] for r in results),
+            "per_process_peak_mb": [r["peak_mb"] for r in sorted(results, key=lambda r: r.get("rank", 0))]}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine(args: argparse.Namespace) -> dict:
@@ -208,16 +239,18 @@ def ratios(results: dict) -> dict:
         "trl_over_sdft_frozen_lora": over(step("trl-frozen-lora"), step("sdft-frozen-lora")),
         "lora_peak_mem_sdft_over_sft": over(max(lora_sdft, default=None), mem("sft-lora", "train_mb")),
         "lora_peak_rss_total_sdft_over_sft": over(max(lora_sdft_total, default=None), mem("sft-lora", "peak_mb")),
+        "ddp2_peak_per_process_over_single": over(mem("sdft-ema-full-ddp2", "peak_mb"), mem("sdft-ema-full", "peak_mb")),
+        "fsdp2_peak_per_process_over_single": over(mem("sdft-ema-full-fsdp2", "peak_mb"), mem("sdft-ema-full", "peak_mb")),
     }
 
 
 def format_table(report: dict) -> str:
-    head = f"{'config':<17} {'step s':>7} " + " ".join(f"{p[:9]:>9}" for p in PHASES) + \
+    head = f"{'config':<20} {'step s':>7} " + " ".join(f"{p[:9]:>9}" for p in PHASES) + \
         f" {'tok/step':>8} {'tok/s':>7} {'peak MB':>8} {'+train MB':>9}"
     lines = [head, "-" * len(head)]
     for name, r in report["configs"].items():
         phases = " ".join(f"{r['phases'][p]:>9.3f}" for p in PHASES)
-        lines.append(f"{name:<17} {r['step_seconds']:>7.3f} {phases} {r['tokens_per_step']:>8.0f} "
+        lines.append(f"{name:<20} {r['step_seconds']:>7.3f} {phases} {r['tokens_per_step']:>8.0f} "
                      f"{r['tokens_per_second']:>7.0f} {r['peak_mb']:>8.0f} {r['train_mb']:>9.0f}")
     lines.append("")
     lines += [f"{key:<36} {value:.3f}" if value is not None else f"{key:<36} n/a" for key, value in report["ratios"].items()]
@@ -282,7 +315,7 @@ def run_worker(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     base_mb = rss_mb()
-    method, engine, teacher, lora = CONFIGS[spec["config"]]
+    method, engine, teacher, lora = CONFIGS[LAUNCHED.get(spec["config"], (spec["config"],))[0]]
     with tempfile.TemporaryDirectory() as run_dir:
         stage = build_stage(spec, Path(run_dir))
         loaded_mb = rss_mb()
@@ -290,7 +323,8 @@ def run_worker(spec: dict) -> dict:
             torch.cuda.reset_peak_memory_stats()
         runner = native_steps if engine == "native" and method == "sdft" else trainer_steps
         records = runner(stage, spec["warmup"] + spec["steps"], engine)
-    return summarise(records[spec["warmup"] :], spec, base_mb, loaded_mb, stage.loaded.device)
+    rank = int(os.environ.get("RANK", "0"))
+    return {**summarise(records[spec["warmup"] :], spec, base_mb, loaded_mb, stage.loaded.device), "rank": rank}
 
 
 def import_all() -> None:
@@ -311,8 +345,9 @@ def build_stage(spec: dict, run_dir: Path):
     from sdft.models import load_model
     from sdft.tasks.registry import load_tasks, task_registry
 
-    method, engine, teacher, lora = CONFIGS[spec["config"]]
-    overrides = [
+    name, _, sharding = LAUNCHED.get(spec["config"], (spec["config"], 1, "none"))
+    method, engine, teacher, lora = CONFIGS[name]
+    overrides = [f"train.sharding={sharding}",
         f"model.name_or_path={spec['model']}", f"model.device={spec['device']}", f"model.dtype={spec['dtype']}",
         f"tasks=[{spec['task']}]", f"train.task={spec['task']}", f"train.method={method}", f"train.engine={engine}",
         f"train.steps={spec['warmup'] + spec['steps']}", f"train.batch_size={spec['batch']}",

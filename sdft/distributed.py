@@ -42,6 +42,15 @@ def ensure_process_group(device: torch.device) -> None:
     dist.init_process_group("gloo" if device.type == "cpu" else "nccl", store=dist.HashStore(), rank=0, world_size=1)
 
 
+def require_plain_launch(accelerator) -> None:
+    """The native loop wraps (DDP) or shards (train.sharding=fsdp) by itself: a launch that asks accelerate to shard
+    (its FSDP or DeepSpeed plugin) would wrap the model a second way, so it is refused."""
+    kind = accelerator.distributed_type.value
+    if kind in ("FSDP", "DEEPSPEED"):
+        raise UserError(f"the native training loop does not run under accelerate's {kind} plugin: launch with a plain "
+                        "multi-GPU config (configs/accelerate/fsdp2.yaml) and --set train.sharding=fsdp to shard")
+
+
 def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """fully_shard every decoder layer (the model's own `_no_split_modules` classes), then the whole model."""
     from torch.distributed.device_mesh import init_device_mesh

@@ -212,3 +212,31 @@ def test_a_sharded_checkpoint_resumes_only_on_its_number_of_processes(tmp_path, 
     cfg = load_config(_task_config(tmp_path, tiny_model_dir, "steps: 1, batch_size: 2, sharding: fsdp"))
     with pytest.raises(UserError, match=r"shards of 2 processes and this job has 1; resume with 2 processes"):
         train_run.open_stage(cfg, None, tmp_path / "run", "train", resume=True)
+
+
+# --- on GPUs (where a machine with two is lent; skipped on these CPUs) -------------------------------------------
+
+def _two_gpus() -> bool:
+    return torch.cuda.is_available() and torch.cuda.device_count() >= 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _two_gpus(), reason="needs 2 CUDA devices")
+@pytest.mark.parametrize("launch, train, extra", [
+    ("fsdp2.yaml", FSDP_TRAIN + ", teacher: ema", ["--set", "train.sharding=fsdp"]),
+    ("ddp.yaml", FSDP_TRAIN + ", teacher: ema", []),
+    ("deepspeed-zero2.yaml", "steps: 2, batch_size: 4, method: sft, evaluate: false", []),
+    ("deepspeed-zero3.yaml", "steps: 2, batch_size: 4, method: sft, evaluate: false", []),
+])
+def test_the_launch_configs_train_on_two_gpus(tmp_path, tiny_model_dir, launch, train, extra):
+    if launch.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    config = _task_config(tmp_path, tiny_model_dir, train)
+    config.write_text(config.read_text().replace("device: cpu", "device: cuda"))
+    configs = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / launch),
+               "--num_processes", "2", "--main_process_port", str(_free_port()),
+               "-m", "sdft.cli", "train", str(config), "--output", "run", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(_losses(tmp_path / "run")) == 2 + ("steps: 3" in train) and (tmp_path / "run" / "model").is_dir()

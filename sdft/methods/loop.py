@@ -81,6 +81,7 @@ def build_loop(stage: Stage, state_class: type, rows: Callable[[], list],
     optimizer is built after the model is wrapped (DDP) or sharded (FSDP: its states are then shards)."""
     cfg, loaded = stage.cfg, stage.loaded
     accelerator = Accelerator(cpu=loaded.device.type == "cpu")
+    distributed.require_plain_launch(accelerator)
     sharded = cfg.train.sharding == "fsdp"
     if sharded:
         distributed.ensure_process_group(accelerator.device)
