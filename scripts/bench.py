@@ -40,7 +40,8 @@ from pathlib import Path
 
 RESULT_PREFIX = "BENCH_RESULT "
 USER_ERROR_PREFIX = "BENCH_USER_ERROR "
-SPEC_KEYS = ("task", "batch", "max_completion", "rows", "warmup", "steps", "threads", "device", "dtype", "seed")
+SPEC_KEYS = ("task", "batch", "max_completion", "rows", "warmup", "steps", "threads", "device", "dtype", "seed",
+             "mmap_threshold")
 PHASES = ("generation", "teacher_forward", "student_forward_backward", "optimizer", "other")
 CONFIGS = {  # name: (method, engine, teacher, lora)
     "sdft-ema-full": ("sdft", "native", "ema", False),
@@ -115,6 +116,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "sdft-bench"),
                         help="where preset-shaped random models are built once")
+    parser.add_argument("--mmap-threshold", type=int, default=0,
+                        help="glibc's MALLOC_MMAP_THRESHOLD_ for the workers (0: glibc's default). glibc keeps freed heap "
+                        "blocks in the RSS, so transient buffers (FSDP's gathers) inflate the RSS peak after they are "
+                        "freed; with e.g. 131072 larger blocks are mapped and returned, and the RSS follows live memory")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -166,6 +171,8 @@ def run_subprocess(spec: dict) -> dict:
                 "--master_port", str(_free_port())] if processes > 1 else [sys.executable]
     command = [*launcher, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if spec.get("mmap_threshold"):
+        env["MALLOC_MMAP_THRESHOLD_"] = str(spec["mmap_threshold"])
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode == 0 and len(lines) == processes > 1:

@@ -160,7 +160,10 @@ def full_weights(model: torch.nn.Module):
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's state, gathered one tensor at a time onto the main process's CPU memory (every process must
     call it; the others get an empty dict)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -242,7 +245,7 @@ def save_consolidated(stage, model: torch.nn.Module) -> None:
                                                                            safe_serialization=True),
                                                      _unsharded_architectures(Path(tmp)),
                                                      tokenizer.save_pretrained(str(tmp))))
-    del state
+    state.clear()  # the gathered weights: freed before the model is loaded back
     from sdft.models import load_model
 
     if hasattr(model, "get_base_model"):  # LoRA: the stage-start model with the trained adapter, as a peft model

@@ -116,11 +116,11 @@ def _sharding_checks(cfg: Config) -> list[tuple[bool, str]]:
     methods = sorted({train.method, *cfg.sequence.methods} - set(SHARDED_METHODS))
     return [
         (train.engine != "native", "train.sharding=fsdp shards the native loop: set train.engine=native"),
-        (bool(methods), f"train.sharding=fsdp serves train.method {'/'.join(SHARDED_METHODS)}, not {methods}; "
-                        "run those without it (train.sharding=none)"),
+        (bool(methods), (f"train.sharding=fsdp serves train.method {'/'.join(SHARDED_METHODS)}, not {methods}; "
+                         "run those without it (train.sharding=none)")),
         (cfg.lora.enabled and train.teacher == "ema" and train.lora_ema == "update",
-         "train.sharding=fsdp cannot serve train.lora_ema=update (its fp32 update per layer is a full matrix that "
-         "would be gathered whole on every process): use train.lora_ema=adapter, or train.sharding=none"),
+         ("train.sharding=fsdp cannot serve train.lora_ema=update (its fp32 update per layer is a full matrix that "
+          "would be gathered whole on every process): use train.lora_ema=adapter, or train.sharding=none")),
     ]
 
 

@@ -17,7 +17,14 @@ from functools import partial
 import torch
 
 from sdft.methods.harness import StageResult
-from sdft.methods.loop import LoopState, build_loop, mean_over_processes, optimizer_step, require_finite, run_loop
+from sdft.methods.loop import (
+    LoopState,
+    build_loop,
+    mean_over_processes,
+    optimizer_step,
+    require_finite,
+    run_loop,
+)
 from sdft.methods.registry import method_of
 from sdft.methods.stage import Stage
 from sdft.methods.tokens import IGNORE
