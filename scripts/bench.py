@@ -40,6 +40,7 @@ from pathlib import Path
 
 RESULT_PREFIX = "BENCH_RESULT "
 USER_ERROR_PREFIX = "BENCH_USER_ERROR "
+RESULT_DIR_ENV = "SDFT_BENCH_RESULT_DIR"
 SPEC_KEYS = ("task", "batch", "max_completion", "rows", "warmup", "steps", "threads", "device", "dtype", "seed",
              "mmap_threshold")
 PHASES = ("generation", "teacher_forward", "student_forward_backward", "optimizer", "other")
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{USER_ERROR_PREFIX}{err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
         print(RESULT_PREFIX + json.dumps(result), flush=True)
+        if os.environ.get(RESULT_DIR_ENV):  # a launched worker: its processes' stdout lines may interleave
+            (Path(os.environ[RESULT_DIR_ENV]) / f"rank-{result['rank']}.json").write_text(json.dumps(result))
         return result
     model_path = resolve_model(args.model, Path(args.cache_dir))
     common = {key: getattr(args, key) for key in SPEC_KEYS}
@@ -173,10 +176,13 @@ def run_subprocess(spec: dict) -> dict:
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
     if spec.get("mmap_threshold"):
         env["MALLOC_MMAP_THRESHOLD_"] = str(spec["mmap_threshold"])
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    with tempfile.TemporaryDirectory() as results:
+        env[RESULT_DIR_ENV] = results
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        written = [json.loads(p.read_text()) for p in sorted(Path(results).glob("rank-*.json"))]
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode == 0 and len(lines) == processes > 1:
-        return merge_processes([json.loads(line[len(RESULT_PREFIX) :]) for line in lines])
+    if done.returncode == 0 and len(written) == processes > 1:
+        return merge_processes(written)
     if done.returncode != 0 or not lines:
         told = [line for line in done.stderr.splitlines() if line.startswith(USER_ERROR_PREFIX)]
         if told:
