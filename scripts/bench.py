@@ -42,7 +42,7 @@ RESULT_PREFIX = "BENCH_RESULT "
 USER_ERROR_PREFIX = "BENCH_USER_ERROR "
 RESULT_DIR_ENV = "SDFT_BENCH_RESULT_DIR"
 SPEC_KEYS = ("task", "batch", "max_completion", "rows", "warmup", "steps", "threads", "device", "dtype", "seed",
-             "mmap_threshold")
+             "mmap_threshold", "phase_memory")
 PHASES = ("generation", "teacher_forward", "student_forward_backward", "optimizer", "other")
 CONFIGS = {  # name: (method, engine, teacher, lora)
     "sdft-ema-full": ("sdft", "native", "ema", False),
@@ -123,6 +123,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="glibc's MALLOC_MMAP_THRESHOLD_ for the workers (0: glibc's default). glibc keeps freed heap "
                         "blocks in the RSS, so transient buffers (FSDP's gathers) inflate the RSS peak after they are "
                         "freed; with e.g. 131072 larger blocks are mapped and returned, and the RSS follows live memory")
+    parser.add_argument("--phase-memory", action="store_true",
+                        help="our SDFT rows on CPU (Linux): also the RSS high-water mark inside each phase of a step (rollout, "
+                        "teacher forward, student forward, student backward, optimizer step, teacher update), in MB above "
+                        "the RSS after the imports: where the peak comes from")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -196,7 +200,9 @@ def merge_processes(results: list[dict]) -> dict:
     main = next(r for r in results if r.get("rank", 0) == 0)
     return {**main, "processes": len(results), "peak_mb": max(r["peak_mb"] for r in results),
             "train_mb": max(r["train_mb"] for r in results),
-            "per_process_peak_mb": [r["peak_mb"] for r in sorted(results, key=lambda r: r.get("rank", 0))]}
+            "per_process_peak_mb": [r["peak_mb"] for r in sorted(results, key=lambda r: r.get("rank", 0))],
+            **({"phase_peak_mb": {k: max(r["phase_peak_mb"][k] for r in results) for k in main["phase_peak_mb"]}}
+               if "phase_peak_mb" in main else {})}
 
 
 def _free_port() -> int:
@@ -265,6 +271,10 @@ def format_table(report: dict) -> str:
         phases = " ".join(f"{r['phases'][p]:>9.3f}" for p in PHASES)
         lines.append(f"{name:<20} {r['step_seconds']:>7.3f} {phases} {r['tokens_per_step']:>8.0f} "
                      f"{r['tokens_per_second']:>7.0f} {r['peak_mb']:>8.0f} {r['train_mb']:>9.0f}")
+    for name, r in report["configs"].items():
+        if "phase_peak_mb" in r:  # --phase-memory: MB above the imports, the largest process's
+            lines.append(f"{name:<20} phase peaks MB above imports: " +
+                         ", ".join(f"{k} {v:.0f}" for k, v in r["phase_peak_mb"].items()))
     lines.append("")
     lines += [f"{key:<36} {value:.3f}" if value is not None else f"{key:<36} n/a" for key, value in report["ratios"].items()]
     m, s = report["machine"], report["settings"]
@@ -335,9 +345,15 @@ def run_worker(spec: dict) -> dict:
         if stage.loaded.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         runner = native_steps if engine == "native" and method == "sdft" else trainer_steps
-        records = runner(stage, spec["warmup"] + spec["steps"], engine)
+        probe = PhaseMemory() if spec.get("phase_memory") and runner is native_steps else None
+        records = runner(stage, spec["warmup"] + spec["steps"], engine, probe)
     rank = int(os.environ.get("RANK", "0"))
-    return {**summarise(records[spec["warmup"] :], spec, base_mb, loaded_mb, stage.loaded.device), "rank": rank}
+    result = summarise(records[spec["warmup"] :], spec, base_mb, loaded_mb, stage.loaded.device)
+    if probe is not None:
+        result["peak_mb"] = max(result["peak_mb"], probe.overall_mb())  # the probe resets the kernel's mark
+        result["train_mb"] = result["peak_mb"] - base_mb
+        result["phase_peak_mb"] = {key: value - base_mb for key, value in probe.peaks.items()}
+    return {**result, "rank": rank}
 
 
 def import_all() -> None:
@@ -378,14 +394,18 @@ def build_stage(spec: dict, run_dir: Path):
     return Stage(cfg, loaded, task, run_dir)
 
 
-def native_steps(stage, steps: int, engine: str) -> list[dict]:
+def native_steps(stage, steps: int, engine: str, probe: PhaseMemory | None = None) -> list[dict]:
     """Our SDFT trainer, one train_step after another (no logging, no checkpoints)."""
     from sdft.methods import sdft
 
     trainer = sdft.build_trainer(stage)
+    if probe is not None:
+        probe.instrument(sdft, trainer)
     records, last = [], time.perf_counter()
     for _ in range(steps):
         metrics, _ = sdft.train_step(trainer)
+        if probe is not None:
+            probe.enter(None)
         _sync()
         now = time.perf_counter()
         phases = {p: metrics.get(f"time_{p}", 0.0) for p in PHASES[:4]}
@@ -394,7 +414,59 @@ def native_steps(stage, steps: int, engine: str) -> list[dict]:
     return records
 
 
-def trainer_steps(stage, steps: int, engine: str) -> list[dict]:
+class PhaseMemory:
+    """The RSS high-water mark inside each phase of our SDFT step (the largest over steps), read by resetting the
+    kernel's mark (`/proc/self/clear_refs`, Linux) when a phase begins and reading it when the phase ends. The phases
+    are marked by wrapping the step's own pieces: sdft._timed (rollout, teacher forward, student forward and backward;
+    the loss's finiteness check splits the last two), optimizer_step, the teacher's update."""
+
+    def __init__(self):
+        self.peaks: dict[str, float] = {}
+        self._phase: str | None = None
+        self._overall = 0.0
+
+    def enter(self, phase: str | None) -> None:
+        mark = _status_kb("VmHWM") / 1024
+        self._overall = max(self._overall, mark)
+        if self._phase is not None:
+            self.peaks[self._phase] = max(self.peaks.get(self._phase, 0.0), mark)
+        Path("/proc/self/clear_refs").write_text("5")  # the mark restarts from the current RSS
+        self._phase = phase
+
+    def overall_mb(self) -> float:
+        return max(self._overall, _status_kb("VmHWM") / 1024)
+
+    def instrument(self, sdft, trainer) -> None:
+        import contextlib
+
+        timed, step, finite, update = sdft._timed, sdft.optimizer_step, sdft.require_finite, trainer.teacher.update
+        names = {"generation": "rollout", "teacher_forward": "teacher_forward", "student_forward_backward": "student_forward"}
+
+        @contextlib.contextmanager
+        def phase_timed(timings, key):
+            self.enter(names[key])
+            with timed(timings, key):
+                yield
+            self.enter(None)
+
+        def checked(*args, **kwargs):  # between the student's loss and its backward
+            finite(*args, **kwargs)
+            self.enter("student_backward")
+
+        def phased(name, fn):
+            def wrapper(*args, **kwargs):
+                self.enter(name)
+                out = fn(*args, **kwargs)
+                self.enter(None)
+                return out
+            return wrapper
+
+        sdft._timed, sdft.require_finite = phase_timed, checked
+        sdft.optimizer_step = phased("optimizer_step", step)
+        trainer.teacher.update = phased("teacher_update", update)
+
+
+def trainer_steps(stage, steps: int, engine: str, probe=None) -> list[dict]:
     """SFT (TRL's SFTTrainer, as sdft.methods.sft runs it) or TRL's SDFTTrainer (as sdft.methods.trl_engine builds
     it), timed by a callback that runs after every other one and by wrappers around their methods."""
     timer = StepTimer()
