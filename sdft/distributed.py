@@ -5,6 +5,7 @@ data parallel, so it would shard on GPUs only.
 What is sharded, over every process of the job (one mesh dimension):
 - the student: each decoder layer is its own FSDP unit (gathered for its forward and backward, then freed), the
   embeddings, final norm and head the root's; the optimizer is built after sharding, so AdamW's states are shards;
+  the root is freed in the backward as soon as the head's backward is done (`_free_root_in_backward`);
 - the teacher, with the same units: the frozen copy and the EMA copy; the EMA's fp32 shadow is a set of shards updated
   shard by shard (`torch._foreach_*` on DTensors works on the local shards) and never gathered;
 - checkpoints: each process writes its own shards (student, teacher, optimizer) to `rank-<r>.pt` beside the loop's
@@ -67,7 +68,58 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     # the root too is freed after its forward (fully_shard keeps a root's weights by default): a teacher runs no
     # backward to free them, and between steps every weight is a shard (what checkpoints and the EMA update expect)
     fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    if _root_is_input_and_output_only(model, layers):
+        model.register_forward_pre_hook(_forget_untrained_forwards(), prepend=True)
+        layers[-1].register_forward_hook(_free_root_in_backward(model))
     return model
+
+
+def _forget_untrained_forwards():
+    """In the backward FSDP prefetches the unit that ran before the current one in its record of forwards, a record
+    kept from one backward to the next, so it holds the rollout's no-grad forwards too: the first layer's backward
+    would prefetch the root (the last sampled token's), gathering it whole again just after it was freed. A forward
+    that will be trained starts a fresh record (`reset_iter_state`: between iterations it only clears the record;
+    before the first forward FSDP has no state to reset)."""
+    ran = []
+
+    def before_forward(root, args) -> None:
+        if torch.is_grad_enabled() and ran:
+            root.reset_iter_state()
+        ran[:] = [True]
+
+    return before_forward
+
+
+def _free_root_in_backward(root):
+    """The root unit (embeddings, final norm, head; one tensor when tied: Qwen2.5-0.5B's is 27% of the model) is
+    gathered again for the backward from the loss, and FSDP keeps it gathered until the root's post-backward at the
+    very end, where it would sit beside every layer's gradient shard, the head's and the embedding's full gradients:
+    the peak of a sharded step. Only the head's and the final norm's backward read it (an embedding's backward reads
+    the token ids), so it is freed (`reshard`; its gradient stays until FSDP reduces it) once the gradient of the
+    last decoder layer's output exists, which is when those two are done. Measured on the Qwen2.5-0.5B shape:
+    BENCHMARKS.md."""
+
+    def after_forward(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        if torch.is_grad_enabled() and isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+            hidden.register_hook(lambda grad: root.reshard())  # returns None: the gradient passes unchanged
+
+    return after_forward
+
+
+def _root_is_input_and_output_only(model: torch.nn.Module, layers: list[torch.nn.Module]) -> bool:
+    """Whether the root's own weights are read only before the first layer by a plain embedding lookup (whose backward
+    needs no weights) and after the last layer by the final norm and the head: then nothing after the last layer's
+    backward needs them. Another shape (a LoRA-wrapped embedding, a projection before the layers) keeps FSDP's
+    default: gathered until the root's post-backward."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner, head = getattr(base, "model", None), getattr(base, "lm_head", None)
+    embedding = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    if type(embedding) is not torch.nn.Embedding or head is None or getattr(inner, "norm", None) is None:
+        return False
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    allowed = {id(p) for m in (embedding, head, inner.norm) for p in m.parameters()}
+    return all(id(p) in allowed for p in model.parameters() if id(p) not in in_layers)
 
 
 def _no_split_modules(model: torch.nn.Module) -> list[str]:

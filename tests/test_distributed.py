@@ -110,8 +110,8 @@ SINGLE_SFT = ["--set", "train.sharding=fsdp"]
 @pytest.mark.slow  # two launches of a few seconds each
 @pytest.mark.parametrize("extra, single", [
     ("teacher: frozen", []), ("teacher: ema", []), ("teacher: ema}\nlora: {enabled: true", []),
-    ("method: sft", SINGLE_SFT), ("method: dft", SINGLE_SFT),
-], ids=["frozen", "ema", "lora-ema", "sft", "dft"])
+    ("teacher: ema, gradient_accumulation: 2", []), ("method: sft", SINGLE_SFT), ("method: dft", SINGLE_SFT),
+], ids=["frozen", "ema", "lora-ema", "ema-accumulation", "sft", "dft"])
 def test_fsdp_on_two_processes_equals_one_process_on_the_same_global_batch(tmp_path, tiny_model_dir, extra, single):
     train = FSDP_TRAIN.replace("max_completion_tokens: 6", "max_completion_tokens: 32") if single else FSDP_TRAIN
     config = _task_config(tmp_path, tiny_model_dir, f"{train}, {extra}")  # 32: a demonstration's length
@@ -169,6 +169,83 @@ def test_fsdp_sequence_runs_two_stages(tmp_path, tiny_model_dir):
 
     started_from = yaml.safe_load((stages[1] / "config.yaml").read_text())["model"]["name_or_path"]
     assert tmp_path / started_from == stages[0] / "model"  # stage 2 started from stage 1's consolidated model
+
+
+# --- the root unit freed once the head's backward is done (one process, in this one) -------------------------------
+
+@pytest.fixture
+def one_process_group():
+    import torch.distributed as dist
+
+    from sdft.distributed import ensure_process_group
+
+    ours = not dist.is_initialized()
+    ensure_process_group(torch.device("cpu"))
+    yield
+    if ours:
+        dist.destroy_process_group()
+
+
+def _on_backward_into(module, check, record: list) -> None:
+    """record check(module) when the gradient of module's output arrives, i.e. just before module's own backward."""
+
+    def hook(m, args, out):
+        if out.requires_grad:
+            out.register_hook(lambda grad: record.append(check(m)))
+
+    module.register_forward_hook(hook)
+
+
+def _qwen2(tied: bool):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, vocab_size=96, tie_word_embeddings=tied))
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_the_root_is_resharded_before_the_embedding_backward_and_gradients_are_unchanged(one_process_group, tied):
+    import copy
+
+    from torch.distributed.tensor import DTensor
+
+    from sdft.distributed import shard
+
+    reference = _qwen2(tied)
+    model = copy.deepcopy(reference)
+    ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(1))
+    expected = reference(input_ids=ids, labels=ids).loss
+    expected.backward()
+    shard(model, torch.device("cpu"))
+    sharded_then = []  # whether the embedding's weight was a shard when its backward began
+    _on_backward_into(model.model.embed_tokens, lambda m: isinstance(m.weight, DTensor), sharded_then)
+    with torch.no_grad():  # as a rollout does before the trained forward (FSDP records it)
+        model(input_ids=ids)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert sharded_then == [True]  # FSDP alone keeps it gathered until the root's post-backward
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+    assert grads.keys() == {n for n, _ in reference.named_parameters()}
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_root_with_weights_read_in_the_embedding_backward_stays_gathered(one_process_group):
+    from peft import LoraConfig, get_peft_model
+    from torch.distributed.tensor import DTensor
+
+    from sdft.distributed import shard
+
+    model = shard(get_peft_model(_qwen2(True), LoraConfig(r=2, target_modules=["embed_tokens", "q_proj"])),
+                  torch.device("cpu"))
+    embedding = model.get_base_model().model.embed_tokens
+    sharded_then = []
+    _on_backward_into(embedding, lambda m: isinstance(m.lora_embedding_B["default"], DTensor), sharded_then)
+    ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(1))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert sharded_then == [False]  # its LoRA B is read by the embedding's backward: gathered until FSDP frees it
 
 
 # --- what sharding refuses, each in one line before a model loads ------------------------------------------------
