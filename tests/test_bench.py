@@ -135,3 +135,13 @@ def test_launched_rows_report_the_largest_process(bench, tiny_model_dir):
     assert ratios["fsdp2_peak_per_process_over_single"] == pytest.approx(rows["sdft-ema-full-fsdp2"]["peak_mb"] /
                                                                         single["peak_mb"])
     assert ratios["ddp2_peak_per_process_over_single"] > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux: resets the RSS high-water mark")
+def test_phase_memory_names_every_phase_and_the_largest_is_the_peak(bench, tiny_model_dir):
+    result = bench.run_worker({**SMALL, "config": "sdft-ema-full", "model": str(tiny_model_dir), "phase_memory": True})
+    phases = result["phase_peak_mb"]
+    assert set(phases) == {"rollout", "teacher_forward", "student_forward", "student_backward", "optimizer_step",
+                           "teacher_update"}
+    assert all(0 < v <= result["train_mb"] + 1e-6 for v in phases.values())  # each inside the step's own peak
+    assert phases["student_backward"] > result["rss_after_load_mb"] - result["rss_after_imports_mb"]  # + gradients
