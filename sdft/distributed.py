@@ -79,7 +79,8 @@ def _forget_untrained_forwards():
     kept from one backward to the next, so it holds the rollout's no-grad forwards too: the first layer's backward
     would prefetch the root (the last sampled token's), gathering it whole again just after it was freed. A forward
     that will be trained starts a fresh record (`reset_iter_state`: between iterations it only clears the record;
-    before the first forward FSDP has no state to reset)."""
+    before the first forward FSDP has no state to reset). It takes every trained forward to be followed by its own
+    backward before the next one, as the sharded SDFT step (no shared prompt pass) and sft_native.py do."""
     ran = []
 
     def before_forward(root, args) -> None:
