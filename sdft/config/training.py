@@ -158,6 +158,10 @@ class TrainConfig:
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     evaluate: bool = True
     """Evaluate the trained task and the general suite before and after training."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """none: every process holds the whole model (one process, or DDP under a launcher); fsdp: torch's FSDP2
+    (`fully_shard`, sdft/distributed.py) shards the student, its teacher and the optimizer state over the processes
+    of a `torchrun` / `accelerate launch` job, on CPUs (gloo) and GPUs alike. Native engine; methods sdft, sft, dft."""
 
 
 @dataclass
