@@ -26,7 +26,7 @@ from sdft.generation.base import (
     prompt_pass,
 )
 from sdft.generation.lean_decode import lean_decoder
-from sdft.generation.native import _decoding_cache, _filled_holes_order
+from sdft.generation.native import _decoding_cache, drop_finished
 
 
 @dataclass
@@ -128,9 +128,7 @@ def defer_decode(base, deferral_logit: Callable[[Tensor], Tensor], expert, promp
         if step + 1 == max_new_tokens or not going.any():
             break
         if not going.all():
-            keep = _filled_holes_order(going)
-            active, token, mask, position = active[keep], token[keep], mask[keep], position[keep]
-            side.cache.batch_select_indices(keep)
+            keep, (active, token, mask, position) = drop_finished(going, side.cache, active, token, mask, position)
             helper.keep(keep)
         side.step(token, mask[:, : width + step + 1], position + step)
     rollout = completion_from_tokens(tokens[:, : step + 1], eos_id, pad_id)
