@@ -179,7 +179,9 @@ def dry_run_lines(plan: CollmPlan) -> list[str]:
         lines.append(f"task {task.name} (v{task.version}): {len(train)} training rows ({targets}), "
                      f"{len(validation)} validation rows of split {c.split}")
     train = phase_config(cfg, "train", max(rows, 1)).train
-    steps = (f"{c.epochs:g} epochs of" if plan.notes and c.epochs is not None else f"{train.steps} steps of")
+    # the base's answers are kept only where right, which only the run knows: the count is then an upper bound
+    bound = "up to " if c.general_rows and c.general_targets == "base" and c.epochs is not None else ""
+    steps = (f"{c.epochs:g} epochs of" if plan.notes and c.epochs is not None else f"{bound}{train.steps} steps of")
     lines += [f"head: {c.init_steps} weak-label steps (BCE, positive weight {c.pos_weight:g}, lr {c.init_learning_rate:g}), "
               f"then marginal likelihood, {steps} {c.batch_size} rows (base {c.train_base}, lr {c.learning_rate:g}, "
               f"linear, {c.warmup_ratio:.0%} warm-up)",
