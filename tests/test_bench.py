@@ -144,4 +144,6 @@ def test_phase_memory_names_every_phase_and_the_largest_is_the_peak(bench, tiny_
     assert set(phases) == {"rollout", "teacher_forward", "student_forward", "student_backward", "optimizer_step",
                            "teacher_update"}
     assert all(0 < v <= result["train_mb"] + 1e-6 for v in phases.values())  # each inside the step's own peak
-    assert phases["student_backward"] > result["rss_after_load_mb"] - result["rss_after_imports_mb"]  # + gradients
+    # the backward holds the weights and then their gradients: at least what loading them took (on the fixture model
+    # both are a few hundred kB, equal to the page: ">" failed once in CI on 0.2617 vs 0.2617 MB)
+    assert phases["student_backward"] >= result["rss_after_load_mb"] - result["rss_after_imports_mb"]
