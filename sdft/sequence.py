@@ -37,6 +37,7 @@ from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci9
 from sdft.eval_service import EvalService, world_of
 from sdft.knowledge_table import knowledge_table
 from sdft.methods.harness import per_device_batch_size
+from sdft.methods.registry import METHODS
 from sdft.models import LoadedModel, load_model, process_state, resolve_device
 from sdft.runs import ENV_FILE, atomic_write_json, read_json, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
@@ -69,12 +70,14 @@ def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
     unknown = set(cfg.sequence.stages) - set(cfg.tasks)
     if unknown:
         raise UserError(f"sequence.stages names {sorted(unknown)}, which are not tasks of this sequence {cfg.tasks}")
-    unknown = set(cfg.sequence.method_overrides) - set(cfg.sequence.methods)
+    # A config may keep overrides for methods the command line leaves out (--set sequence.methods=[sdft]); a name
+    # that is no method at all is a typo.
+    unknown = set(cfg.sequence.method_overrides) - set(METHODS)
     if unknown:
-        raise UserError(f"sequence.method_overrides names {sorted(unknown)}, which are not in sequence.methods "
-                        f"{cfg.sequence.methods}")
+        raise UserError(f"sequence.method_overrides names {sorted(unknown)}, which are not methods "
+                        f"(known: {', '.join(METHODS)})")
     for task in cfg.tasks:
-        for method in cfg.sequence.methods:
+        for method in {*cfg.sequence.methods, *cfg.sequence.method_overrides}:
             stage_config(cfg, task, method, cfg.sequence.seeds[0])
     tasks, general = load_tasks(cfg.tasks, registry), load_tasks(cfg.eval.general, registry)
     also = load_tasks([t for t in cfg.eval.tasks if t not in cfg.tasks], registry)

@@ -48,6 +48,34 @@ def test_the_ood_view_and_the_teacher_context_of_the_embedded_source():
     assert plain.version.endswith("+answer")  # the teacher context is part of the version (caches see it)
 
 
+def test_self_edits_by_template_hold_the_facts_and_never_a_test_phrasing():
+    import random
+
+    rng, event = random.Random(0), K.events("task", VERSION)[0]
+    facts = [event.fact(relation) for relation in K.QUESTIONS]
+    tests = {q.split(event.name)[0] for q, _ in K.questions(event, "test")}  # each test phrasing's opening words
+    rewrite, self_qa = K.self_edit(event, "rewrite", rng), K.self_edit(event, "self_qa", rng)
+    assert sorted(rewrite.splitlines()) == sorted(K.restatements(event)) and "?" not in rewrite
+    questions = self_qa.splitlines()
+    assert len(questions) == 2 * len(facts) and all("?" in line for line in questions)
+    for line in questions:  # a train phrasing of some fact, then that fact
+        question, answer = line.rsplit("? ", 1)
+        assert (f"{question}?", answer) in K.questions(event, "train")
+    mixes = {_mix(K.self_edit(event, "implications", rng), event) for _ in range(200)}
+    assert mixes == {"restate", "vague", "question", "mixed"}  # its samples differ in how much they could help
+    for template in ("rewrite", "self_qa", "implications"):
+        for line in K.self_edit(event, template, rng).splitlines():
+            assert not any(line.startswith(t) for t in tests), line
+
+
+def _mix(edit: str, event) -> str:
+    kinds = {"restate": set(K.restatements(event)), "vague": set(K.vague_lines(event))}
+    lines = set(edit.splitlines())
+    if all("?" in line for line in lines):
+        return "question"
+    return next((kind for kind, known in kinds.items() if lines == known), "mixed")
+
+
 def _embedded(**kwargs):
     from sdft.config import TaskSourceConfig
 
@@ -114,11 +142,15 @@ def test_method_overrides_give_sft_the_answer_as_its_target(knowledge_config, tm
     assert "knowledge" not in stage_config(cfg, "knowledge", "sdft", 0).task_sources
     plan = plan_sequence(cfg, tmp_path / "run")
     assert [t.name for t in plan.also] == ["knowledge_ood", "knowledge_oracle"]
+    # a method the command line leaves out keeps its overrides in the config, unused
+    only_sdft = knowledge_config("sequence.method_overrides={sft: {task_sources.knowledge.teacher_context: answer}}",
+                                 "sequence.methods=[sdft]")
+    assert plan_sequence(only_sdft, tmp_path / "only-sdft").cfg.sequence.methods == ["sdft"]
 
 
 def test_bad_method_overrides_fail_before_training(knowledge_config, tmp_path):
-    with pytest.raises(UserError, match=r"method_overrides names \['dft'\]"):
-        plan_sequence(knowledge_config("sequence.method_overrides={dft: {train.steps: 3}}"), tmp_path / "a")
+    with pytest.raises(UserError, match=r"method_overrides names \['sfd'\], which are not methods"):
+        plan_sequence(knowledge_config("sequence.method_overrides={sfd: {train.steps: 3}}"), tmp_path / "a")
     with pytest.raises(UserError, match="unknown key"):
         plan_sequence(knowledge_config("sequence.method_overrides={sft: {train.stepz: 3}}"), tmp_path / "b")
     with pytest.raises(UserError, match="unknown task 'knowledge_odd'"):
