@@ -58,6 +58,14 @@ def dry_run_sequence(cfg: Config, processes: int = 1) -> DryRun:
     return _dry_run(cfg, stages, processes)
 
 
+def _stage_rows(stage: Config, cfg: Config, loaded: dict):
+    """The stage's task as it would train on it (a method override may change its source), None when not read."""
+    from sdft.sequence import stage_task
+
+    task = loaded.get(stage.train.task)
+    return None if task is None else stage_task(stage, cfg, task)
+
+
 def _dry_run(cfg: Config, stages: list[Config], processes: int = 1) -> DryRun:
     """`processes`: the launch's process count (--processes), for the batch split and the memory per process."""
     registry = task_registry(cfg.custom_tasks, cfg.task_sources)
@@ -79,7 +87,7 @@ def _dry_run(cfg: Config, stages: list[Config], processes: int = 1) -> DryRun:
     model_lines = shapes.describe() if isinstance(shapes, ModelShapes) else [shapes]
     if tokenizer is None:
         notes.append("prompt lengths: the tokenizer is not available offline, so rows are not checked against the caps")
-    plans = [_stage_plan(s, loaded.get(s.train.task), shapes, tokenizer, processes) for s in stages]
+    plans = [_stage_plan(s, _stage_rows(s, cfg, loaded), shapes, tokenizer, processes) for s in stages]
     return DryRun(plans, model_lines, problems, notes)
 
 

@@ -144,10 +144,17 @@ def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[di
     return rows
 
 
+def stage_task(stage: Config, sequence: Config, task: TaskSpec) -> TaskSpec:
+    """The task as this stage sees it: reloaded when a method override changed where (or how) its rows come from,
+    e.g. SFT's teacher_context: answer."""
+    if stage.task_sources == sequence.task_sources:
+        return task
+    return load_tasks([task.name], task_registry(stage.custom_tasks, stage.task_sources))[0]
+
+
 def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, stage_dir: Path, model_cfg: ModelConfig) -> dict:
     cfg = dataclasses.replace(stage_config(plan.cfg, task.name, method, seed), model=model_cfg)
-    if cfg.task_sources != plan.cfg.task_sources:  # a method override changed where (or how) the task's rows come from
-        task = load_tasks([task.name], task_registry(cfg.custom_tasks, cfg.task_sources))[0]
+    task = stage_task(cfg, plan.cfg, task)
     earlier_attempt = (stage_dir / ENV_FILE).is_file()
     main = process_state(cfg.model).is_main_process
     stage = open_stage(cfg, task, stage_dir, "sequence-stage", earlier_attempt, main)

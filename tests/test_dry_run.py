@@ -164,3 +164,16 @@ def test_memory_per_process_under_sharding(qwen_shapes):
     assert "total, rough: 39.0 GiB per device (8 processes, train.sharding=fsdp" in fsdp
     code, out = invoke(*base, "--processes", 16)  # 32 prompts over 4 micro-batches x 16 processes: no
     assert code == 1 and "train.batch_size=32 must split evenly over train.gradient_accumulation=4 x 16 processes" in out
+
+
+def test_the_knowledge_table_plans_on_local_paper_files(tiny_model_dir):
+    # configs/knowledge.yaml is the embedded table; the paper's is the same command with the knowledge task's source
+    code, out = invoke("sequence", "-c", ROOT / "configs" / "knowledge.yaml", "--dry-run",
+                       *sets("task_sources.knowledge={source: local, path: " + str(FIXTURES / "knowledge") + "}",
+                             "eval.tasks=[knowledge_ood, knowledge_oracle, knowledge_oracle_ood]",
+                             f"model.name_or_path={tiny_model_dir}", "eval.judge.backend=local",
+                             f"eval.judge.model={tiny_model_dir}", "sequence.seeds=[0]"))
+    assert code == 0, out  # SFT's rows are checked with its own teacher context (the answer): none over the cap
+    for method in ("sdft", "sft", "cpt"):
+        assert f"{method} on knowledge:" in out
+    assert "cpt on knowledge: 5 corpus blocks" in out  # the fixture's articles, not the embedded ones
