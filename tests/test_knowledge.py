@@ -120,6 +120,21 @@ def test_the_table_reads_the_row_after_the_knowledge_stage_and_averages_seeds():
     assert knowledge_table(["science"], chains) is None
 
 
+def test_the_report_shows_the_table_with_every_interval():
+    from sdft.report.sequence import _knowledge_md
+
+    base = _row(0.0, 0.1, 0.05, 0.9, oracle=(0.95, 1.0, 0.8))
+    chains = {"sdft": {0: [base, _row(0.6, 0.7, 0.3, 0.85)], 1: [base, _row(0.8, 0.9, 0.5, 0.75)]}}
+    lines = _knowledge_md({"world": "embedded", "knowledge_table": knowledge_table(["knowledge"], chains)})
+    half = mean_ci95([0.6, 0.8])[1]
+    delta_half = mean_ci95([-0.05, -0.15])[1]
+    text = "\n".join(lines)
+    assert (f"| sdft | 0.700 ± {half:.3f} | 0.800 ± {half:.3f} | 0.400 ± {half:.3f} "
+            f"| -0.100 ± {delta_half:.3f} |") in text.splitlines()
+    assert "| oracle | 0.950 | 1.000 | 0.800 | +0.000 |" in text.splitlines()
+    assert lines[0] == "## Knowledge injection (embedded world)"
+
+
 def test_a_cell_nobody_evaluated_is_none():
     row = {"scores": {"knowledge": {"accuracy": 0.5}}, "general": {"mean": None}}
     table = knowledge_table(["knowledge"], {"sft": {0: [row, row]}})
