@@ -1,12 +1,14 @@
 """Build the embedded world's tiny model from a seed, with nothing downloaded, on a CPU.
 
-    python scripts/build_tiny_model.py            # writes sdft/assets/tiny/ (14 min 32 s measured on 2 quiet cores)
+    python scripts/build_tiny_model.py            # writes sdft/assets/tiny/ (about 26 min on 2 quiet cores: README)
     python scripts/build_tiny_model.py --out /tmp/tiny --scale 0.2   # a quick, weaker build
+    python scripts/build_tiny_model.py --skills-from MODEL           # phase 3 only, on a model of phases 1-2
 
 Steps: (1) a character-level tokenizer (plus whole-word tokens for the disease names) with a chat template,
 (2) a small LlamaForCausalLM, (3) a synthetic pretraining corpus built from the generators of
-sdft/tasks/embedded.py (so the shipped tasks and the corpus never drift apart), (4) pretraining with AdamW +
-cosine, loss on the assistant's tokens only, (5) readiness numbers on the held-out test sets (greedy, batched,
+sdft/tasks/embedded.py and sdft/tasks/knowledge_world.py (so the shipped tasks and the corpus never drift apart),
+(4) pretraining with AdamW + cosine, loss on the assistant's tokens only, in three phases: a copy-rich warm-up, the
+new tasks, then the knowledge world with the earlier items replayed (`knowledge_corpus`), (5) readiness numbers on the held-out test sets (greedy, batched,
 left padding), (6) an atomic write of the Hugging Face files (safetensors, config, generation config,
 tokenizer, chat template).
 
