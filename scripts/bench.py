@@ -40,7 +40,9 @@ from pathlib import Path
 
 RESULT_PREFIX = "BENCH_RESULT "
 USER_ERROR_PREFIX = "BENCH_USER_ERROR "
-SPEC_KEYS = ("task", "batch", "max_completion", "rows", "warmup", "steps", "threads", "device", "dtype", "seed")
+RESULT_DIR_ENV = "SDFT_BENCH_RESULT_DIR"
+SPEC_KEYS = ("task", "batch", "max_completion", "rows", "warmup", "steps", "threads", "device", "dtype", "seed",
+             "mmap_threshold", "phase_memory")
 PHASES = ("generation", "teacher_forward", "student_forward_backward", "optimizer", "other")
 CONFIGS = {  # name: (method, engine, teacher, lora)
     "sdft-ema-full": ("sdft", "native", "ema", False),
@@ -52,6 +54,12 @@ CONFIGS = {  # name: (method, engine, teacher, lora)
     "trl-ema-full": ("sdft", "trl", "ema", False),
     "trl-frozen-lora": ("sdft", "trl", "frozen", True),
 }
+LAUNCHED = {  # name: (configuration, processes, train.sharding): one configuration launched by torchrun
+    "sdft-ema-full-ddp2": ("sdft-ema-full", 2, "none"),
+    "sdft-ema-full-fsdp2": ("sdft-ema-full", 2, "fsdp"),
+}
+"""Peak memory per process under several processes: every process holds everything (DDP), or shards (FSDP,
+sdft/distributed.py). A row's peak is the largest process's; the batch (--batch) is the global one, split."""
 SHAPES = {  # random-init models shaped like real ones (Qwen2.5 configs), with the embedded tokenizer
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2),
@@ -74,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{USER_ERROR_PREFIX}{err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
         print(RESULT_PREFIX + json.dumps(result), flush=True)
+        if os.environ.get(RESULT_DIR_ENV):  # a launched worker: its processes' stdout lines may interleave
+            (Path(os.environ[RESULT_DIR_ENV]) / f"rank-{result['rank']}.json").write_text(json.dumps(result))
         return result
     model_path = resolve_model(args.model, Path(args.cache_dir))
     common = {key: getattr(args, key) for key in SPEC_KEYS}
@@ -90,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help=f"embedded, a local folder, or a shape: {sorted(SHAPES)}")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS) +
+                        "; launched on several processes (not in the default list): " + ", ".join(LAUNCHED))
     parser.add_argument("--task", default="science", help="an embedded task: its rows are the data")
     parser.add_argument("--batch", type=int, default=32, help="prompts per optimizer step (train.batch_size; "
                         "default: the published 32)")
@@ -108,6 +119,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "sdft-bench"),
                         help="where preset-shaped random models are built once")
+    parser.add_argument("--mmap-threshold", type=int, default=0,
+                        help="glibc's MALLOC_MMAP_THRESHOLD_ for the workers (0: glibc's default). glibc keeps freed heap "
+                        "blocks in the RSS, so transient buffers (FSDP's gathers) inflate the RSS peak after they are "
+                        "freed; with e.g. 131072 larger blocks are mapped and returned, and the RSS follows live memory")
+    parser.add_argument("--phase-memory", action="store_true",
+                        help="our SDFT rows on CPU (Linux): also the RSS high-water mark inside each phase of a step (rollout, "
+                        "teacher forward, student forward, student backward, optimizer step, teacher update), in MB above "
+                        "the RSS after the imports: where the peak comes from")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -119,9 +138,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--rows {args.rows} is below --batch {args.batch}: every configuration trains on full batches "
                      "(TRL's sampler drops an incomplete one); give at least as many rows as the batch")
     args.configs = [c for c in args.configs.split(",") if c]
-    unknown = [c for c in args.configs if c not in CONFIGS]
+    unknown = [c for c in args.configs if c not in CONFIGS and c not in LAUNCHED]
     if unknown:
-        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS) + list(LAUNCHED)}")
+    odd = [c for c in args.configs if c in LAUNCHED and args.batch % LAUNCHED[c][1]]
+    if odd:
+        parser.error(f"--batch {args.batch} does not split over the processes of {odd}")
     return args
 
 
@@ -151,16 +173,44 @@ def merge_rounds(results: list[dict]) -> dict:
 
 
 def run_subprocess(spec: dict) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    processes = LAUNCHED[spec["config"]][1] if spec["config"] in LAUNCHED else 1
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                "--master_port", str(_free_port())] if processes > 1 else [sys.executable]
+    command = [*launcher, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if spec.get("mmap_threshold"):
+        env["MALLOC_MMAP_THRESHOLD_"] = str(spec["mmap_threshold"])
+    with tempfile.TemporaryDirectory() as results:
+        env[RESULT_DIR_ENV] = results
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        written = [json.loads(p.read_text()) for p in sorted(Path(results).glob("rank-*.json"))]
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode == 0 and len(written) == processes > 1:
+        return merge_processes(written)
     if done.returncode != 0 or not lines:
         told = [line for line in done.stderr.splitlines() if line.startswith(USER_ERROR_PREFIX)]
         if told:
             raise SystemExit(f"bench.py: {spec['config']}: {told[-1][len(USER_ERROR_PREFIX):]}")
         raise RuntimeError(f"{spec['config']} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def merge_processes(results: list[dict]) -> dict:
+    """A launched configuration's processes as one row: the largest process's memory, the main process's times."""
+    main = next(r for r in results if r.get("rank", 0) == 0)
+    return {**main, "processes": len(results), "peak_mb": max(r["peak_mb"] for r in results),
+            "train_mb": max(r["train_mb"] for r in results),
+            "per_process_peak_mb": [r["peak_mb"] for r in sorted(results, key=lambda r: r.get("rank", 0))],
+            **({"phase_peak_mb": {k: max(r["phase_peak_mb"][k] for r in results) for k in main["phase_peak_mb"]}}
+               if "phase_peak_mb" in main else {})}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine(args: argparse.Namespace) -> dict:
@@ -208,17 +258,23 @@ def ratios(results: dict) -> dict:
         "trl_over_sdft_frozen_lora": over(step("trl-frozen-lora"), step("sdft-frozen-lora")),
         "lora_peak_mem_sdft_over_sft": over(max(lora_sdft, default=None), mem("sft-lora", "train_mb")),
         "lora_peak_rss_total_sdft_over_sft": over(max(lora_sdft_total, default=None), mem("sft-lora", "peak_mb")),
+        "ddp2_peak_per_process_over_single": over(mem("sdft-ema-full-ddp2", "peak_mb"), mem("sdft-ema-full", "peak_mb")),
+        "fsdp2_peak_per_process_over_single": over(mem("sdft-ema-full-fsdp2", "peak_mb"), mem("sdft-ema-full", "peak_mb")),
     }
 
 
 def format_table(report: dict) -> str:
-    head = f"{'config':<17} {'step s':>7} " + " ".join(f"{p[:9]:>9}" for p in PHASES) + \
+    head = f"{'config':<20} {'step s':>7} " + " ".join(f"{p[:9]:>9}" for p in PHASES) + \
         f" {'tok/step':>8} {'tok/s':>7} {'peak MB':>8} {'+train MB':>9}"
     lines = [head, "-" * len(head)]
     for name, r in report["configs"].items():
         phases = " ".join(f"{r['phases'][p]:>9.3f}" for p in PHASES)
-        lines.append(f"{name:<17} {r['step_seconds']:>7.3f} {phases} {r['tokens_per_step']:>8.0f} "
+        lines.append(f"{name:<20} {r['step_seconds']:>7.3f} {phases} {r['tokens_per_step']:>8.0f} "
                      f"{r['tokens_per_second']:>7.0f} {r['peak_mb']:>8.0f} {r['train_mb']:>9.0f}")
+    for name, r in report["configs"].items():
+        if "phase_peak_mb" in r:  # --phase-memory: MB above the imports, the largest process's
+            lines.append(f"{name:<20} phase peaks MB above imports: " +
+                         ", ".join(f"{k} {v:.0f}" for k, v in r["phase_peak_mb"].items()))
     lines.append("")
     lines += [f"{key:<36} {value:.3f}" if value is not None else f"{key:<36} n/a" for key, value in report["ratios"].items()]
     m, s = report["machine"], report["settings"]
@@ -282,15 +338,22 @@ def run_worker(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     base_mb = rss_mb()
-    method, engine, teacher, lora = CONFIGS[spec["config"]]
+    method, engine, teacher, lora = CONFIGS[LAUNCHED.get(spec["config"], (spec["config"],))[0]]
     with tempfile.TemporaryDirectory() as run_dir:
         stage = build_stage(spec, Path(run_dir))
         loaded_mb = rss_mb()
         if stage.loaded.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         runner = native_steps if engine == "native" and method == "sdft" else trainer_steps
-        records = runner(stage, spec["warmup"] + spec["steps"], engine)
-    return summarise(records[spec["warmup"] :], spec, base_mb, loaded_mb, stage.loaded.device)
+        probe = PhaseMemory() if spec.get("phase_memory") and runner is native_steps else None
+        records = runner(stage, spec["warmup"] + spec["steps"], engine, probe)
+    rank = int(os.environ.get("RANK", "0"))
+    result = summarise(records[spec["warmup"] :], spec, base_mb, loaded_mb, stage.loaded.device)
+    if probe is not None:
+        result["peak_mb"] = max(result["peak_mb"], probe.overall_mb())  # the probe resets the kernel's mark
+        result["train_mb"] = result["peak_mb"] - base_mb
+        result["phase_peak_mb"] = {key: value - base_mb for key, value in probe.peaks.items()}
+    return {**result, "rank": rank}
 
 
 def import_all() -> None:
@@ -311,8 +374,9 @@ def build_stage(spec: dict, run_dir: Path):
     from sdft.models import load_model
     from sdft.tasks.registry import load_tasks, task_registry
 
-    method, engine, teacher, lora = CONFIGS[spec["config"]]
-    overrides = [
+    name, _, sharding = LAUNCHED.get(spec["config"], (spec["config"], 1, "none"))
+    method, engine, teacher, lora = CONFIGS[name]
+    overrides = [f"train.sharding={sharding}",
         f"model.name_or_path={spec['model']}", f"model.device={spec['device']}", f"model.dtype={spec['dtype']}",
         f"tasks=[{spec['task']}]", f"train.task={spec['task']}", f"train.method={method}", f"train.engine={engine}",
         f"train.steps={spec['warmup'] + spec['steps']}", f"train.batch_size={spec['batch']}",
@@ -330,14 +394,18 @@ def build_stage(spec: dict, run_dir: Path):
     return Stage(cfg, loaded, task, run_dir)
 
 
-def native_steps(stage, steps: int, engine: str) -> list[dict]:
+def native_steps(stage, steps: int, engine: str, probe: PhaseMemory | None = None) -> list[dict]:
     """Our SDFT trainer, one train_step after another (no logging, no checkpoints)."""
     from sdft.methods import sdft
 
     trainer = sdft.build_trainer(stage)
+    if probe is not None:
+        probe.instrument(sdft, trainer)
     records, last = [], time.perf_counter()
     for _ in range(steps):
         metrics, _ = sdft.train_step(trainer)
+        if probe is not None:
+            probe.enter(None)
         _sync()
         now = time.perf_counter()
         phases = {p: metrics.get(f"time_{p}", 0.0) for p in PHASES[:4]}
@@ -346,7 +414,59 @@ def native_steps(stage, steps: int, engine: str) -> list[dict]:
     return records
 
 
-def trainer_steps(stage, steps: int, engine: str) -> list[dict]:
+class PhaseMemory:
+    """The RSS high-water mark inside each phase of our SDFT step (the largest over steps), read by resetting the
+    kernel's mark (`/proc/self/clear_refs`, Linux) when a phase begins and reading it when the phase ends. The phases
+    are marked by wrapping the step's own pieces: sdft._timed (rollout, teacher forward, student forward and backward;
+    the loss's finiteness check splits the last two), optimizer_step, the teacher's update."""
+
+    def __init__(self):
+        self.peaks: dict[str, float] = {}
+        self._phase: str | None = None
+        self._overall = 0.0
+
+    def enter(self, phase: str | None) -> None:
+        mark = _status_kb("VmHWM") / 1024
+        self._overall = max(self._overall, mark)
+        if self._phase is not None:
+            self.peaks[self._phase] = max(self.peaks.get(self._phase, 0.0), mark)
+        Path("/proc/self/clear_refs").write_text("5")  # the mark restarts from the current RSS
+        self._phase = phase
+
+    def overall_mb(self) -> float:
+        return max(self._overall, _status_kb("VmHWM") / 1024)
+
+    def instrument(self, sdft, trainer) -> None:
+        import contextlib
+
+        timed, step, finite, update = sdft._timed, sdft.optimizer_step, sdft.require_finite, trainer.teacher.update
+        names = {"generation": "rollout", "teacher_forward": "teacher_forward", "student_forward_backward": "student_forward"}
+
+        @contextlib.contextmanager
+        def phase_timed(timings, key):
+            self.enter(names[key])
+            with timed(timings, key):
+                yield
+            self.enter(None)
+
+        def checked(*args, **kwargs):  # between the student's loss and its backward
+            finite(*args, **kwargs)
+            self.enter("student_backward")
+
+        def phased(name, fn):
+            def wrapper(*args, **kwargs):
+                self.enter(name)
+                out = fn(*args, **kwargs)
+                self.enter(None)
+                return out
+            return wrapper
+
+        sdft._timed, sdft.require_finite = phase_timed, checked
+        sdft.optimizer_step = phased("optimizer_step", step)
+        trainer.teacher.update = phased("teacher_update", update)
+
+
+def trainer_steps(stage, steps: int, engine: str, probe=None) -> list[dict]:
     """SFT (TRL's SFTTrainer, as sdft.methods.sft runs it) or TRL's SDFTTrainer (as sdft.methods.trl_engine builds
     it), timed by a callback that runs after every other one and by wrappers around their methods."""
     timer = StepTimer()

@@ -38,6 +38,7 @@ SetOption = Annotated[
 ]
 OutputOption = Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to write (default: runs/<timestamp>-<command>).")]
 TasksOption = Annotated[Optional[str], typer.Option("--tasks", "-t", help="Comma-separated task names (default: the config's tasks).")]
+ProcessesOption = Annotated[int, typer.Option("--processes", min=1, help="With --dry-run: the launch's process count (GPUs), for the batch split and the memory per process (train.sharding).")]
 LimitOption = Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N rows of each task.")]
 ModelArgument = Annotated[
     Optional[str], typer.Argument(help="A hub id, a local model folder, a run folder, or 'embedded' (default: the config's model).")
@@ -99,6 +100,7 @@ def train(
     output: OutputOption = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check what can be checked offline and print the plan (steps, tokens, memory); train nothing.")] = False,
+    processes: ProcessesOption = 1,
 ) -> None:
     """Learn one task from demonstrations with the config's method (sdft, sft, dft, cpt), evaluating before and after."""
     cfg = _config(config, set_, offline=dry_run)
@@ -108,7 +110,7 @@ def train(
     if dry_run:
         from sdft.dry_run import dry_run_train, print_dry_run
 
-        print_dry_run(dry_run_train(cfg), console)
+        print_dry_run(dry_run_train(cfg, processes), console)
         return
     results, run_dir = run_train(cfg, output, resume=resume)
     if results["after"] is not None:
@@ -188,6 +190,7 @@ def sequence(
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods, each trained as its own chain (default: sequence.methods, sdft,sft).")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds; several give means and 95% intervals (default: sequence.seeds, 0).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check what can be checked offline and print every stage's plan; train nothing.")] = False,
+    processes: ProcessesOption = 1,
 ) -> None:
     """Learn tasks one after another; evaluate every task after every stage; report forgetting."""
     listed = lambda text: f"[{text}]" if text else None  # noqa: E731
@@ -199,10 +202,12 @@ def sequence(
     if dry_run:
         from sdft.dry_run import dry_run_sequence, print_dry_run
 
-        print_dry_run(dry_run_sequence(cfg), console)
+        print_dry_run(dry_run_sequence(cfg, processes), console)
         return
     plan = plan_sequence(cfg, output)
     results = run_sequence(plan)
+    if not results:  # a process other than the main one of a launched job: the main one reports
+        return
     for method in results["methods"]:
         console.print(matrix_table(results, method))
     console.print(comparison_table(results))
@@ -236,6 +241,29 @@ def ttt(
 
 @app.command()
 @user_errors
+def collm(
+    config: Annotated[Path, typer.Argument(help="YAML config with a collm section (e.g. configs/collm.yaml).")],
+    set_: SetOption = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder (default: runs/<timestamp>-collm); re-running on the same folder continues where it stopped.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the config, tasks and tokenizers offline and print the plan; load no weights.")] = False,
+) -> None:
+    """Co-LLM: a base model learns when to hand a token to an expert; base, expert and the pair on every task and the general suite."""
+    cfg = _config(config, set_, offline=dry_run)
+    from sdft.collm_run import dry_run_lines, plan_collm, run_collm
+    from sdft.report.collm import collm_table
+
+    plan = plan_collm(cfg, output, dry_run=dry_run)
+    if dry_run:
+        if cfg.collm.expert is None:  # the expert this run trains first: `sdft train`'s dry run
+            from sdft.dry_run import dry_run_train, print_dry_run
+
+            print_dry_run(dry_run_train(cfg), console)
+        for line in dry_run_lines(plan):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
+    results = run_collm(plan)
+    console.print(collm_table(results))
+    console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
 def seal(
     config: Annotated[Path, typer.Argument(help="YAML config with a seal section (e.g. configs/seal.yaml).")],
     set_: SetOption = None,

@@ -46,18 +46,28 @@ class DryRun:
     notes: list[str]
 
 
-def dry_run_train(cfg: Config) -> DryRun:
-    return _dry_run(cfg, [cfg])
+def dry_run_train(cfg: Config, processes: int = 1) -> DryRun:
+    return _dry_run(cfg, [cfg], processes)
 
 
-def dry_run_sequence(cfg: Config) -> DryRun:
+def dry_run_sequence(cfg: Config, processes: int = 1) -> DryRun:
     from sdft.sequence import stage_config
 
     seed = cfg.sequence.seeds[0]
-    return _dry_run(cfg, [stage_config(cfg, task, method, seed) for method in cfg.sequence.methods for task in cfg.tasks])
+    stages = [stage_config(cfg, task, method, seed) for method in cfg.sequence.methods for task in cfg.tasks]
+    return _dry_run(cfg, stages, processes)
 
 
-def _dry_run(cfg: Config, stages: list[Config]) -> DryRun:
+def _stage_rows(stage: Config, cfg: Config, loaded: dict):
+    """The stage's task as it would train on it (a method override may change its source), None when not read."""
+    from sdft.sequence import stage_task
+
+    task = loaded.get(stage.train.task)
+    return None if task is None else stage_task(stage, cfg, task)
+
+
+def _dry_run(cfg: Config, stages: list[Config], processes: int = 1) -> DryRun:
+    """`processes`: the launch's process count (--processes), for the batch split and the memory per process."""
     registry = task_registry(cfg.custom_tasks, cfg.task_sources)
     evaluated = [*dict.fromkeys([s.train.task for s in stages] + (cfg.tasks if len(stages) > 1 else []))]
     require_known([*evaluated, *cfg.eval.general], registry)
@@ -77,7 +87,7 @@ def _dry_run(cfg: Config, stages: list[Config]) -> DryRun:
     model_lines = shapes.describe() if isinstance(shapes, ModelShapes) else [shapes]
     if tokenizer is None:
         notes.append("prompt lengths: the tokenizer is not available offline, so rows are not checked against the caps")
-    plans = [_stage_plan(s, loaded.get(s.train.task), shapes, tokenizer) for s in stages]
+    plans = [_stage_plan(s, _stage_rows(s, cfg, loaded), shapes, tokenizer, processes) for s in stages]
     return DryRun(plans, model_lines, problems, notes)
 
 
@@ -157,8 +167,10 @@ def model_shapes(cfg: Config) -> ModelShapes | str:
                        text.vocab_size, lora, weights)
 
 
-def memory_lines(cfg: Config, shapes: ModelShapes) -> list[str]:
-    """A rough per-device memory estimate for one training stage (one process)."""
+def memory_lines(cfg: Config, shapes: ModelShapes, processes: int = 1) -> list[str]:
+    """A rough per-device memory estimate for one training stage, per process of a launch of `processes`: with
+    train.sharding=fsdp the weights, gradients, optimizer states and teacher are split over them (sdft/distributed.py)
+    and a rollout gathers the weights whole once; without, every process holds everything (DDP)."""
     train, size = cfg.train, _BYTES[cfg.model.dtype]
     lora = cfg.lora.enabled
     trainable = sum(v for k, v in shapes.lora_params.items() if k in cfg.lora.target_modules) * cfg.lora.r if lora else shapes.params
@@ -167,16 +179,28 @@ def memory_lines(cfg: Config, shapes: ModelShapes) -> list[str]:
     method = method_of(cfg)
     if method.teacher:
         parts.update(teacher_memory(cfg, method.teacher_kind(train), shapes, trainable))
-    micro = max(1, train.batch_size // train.gradient_accumulation)
+    if train.sharding == "fsdp":
+        parts = {f"{name}, 1/{processes} shard": value / processes for name, value in parts.items()}
+        parts.update(_gathered_weights(method, shapes, size))
+    micro = max(1, train.batch_size // (train.gradient_accumulation * processes))
     seq = method.sequence_tokens(train)
     per_token = ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * shapes.layers * shapes.hidden * size / 2
     parts[f"activations ({micro} x {seq} tokens, no recomputation)"] = micro * seq * per_token
     copies = method.logits_copies
     parts[f"logits ({copies} x [{micro}, {seq}, {shapes.vocab}])"] = copies * micro * seq * shapes.vocab * size
     lines = [f"  {name}: {_size(value)}" for name, value in parts.items()]
-    lines.append(f"  total, rough: {_size(sum(parts.values()))} per device (rollout generation's KV cache "
+    launch = f"{processes} processes, train.sharding={train.sharding}" if processes > 1 else "one process"
+    lines.append(f"  total, rough: {_size(sum(parts.values()))} per device ({launch}; rollout generation's KV cache "
                  "and allocator overhead not counted)")
     return lines
+
+
+def _gathered_weights(method, shapes: ModelShapes, size: int) -> dict[str, float]:
+    """What FSDP gathers at once: the whole student for a rollout (methods that sample), else two decoder layers
+    (the one computing and the next one prefetched)."""
+    if method.teacher:  # the methods with a teacher are the ones that sample rollouts
+        return {"weights gathered whole for rollouts": shapes.params * size}
+    return {"weights gathered per layer (2 layers)": 2 * shapes.params / max(1, shapes.layers) * size}
 
 
 def teacher_memory(cfg: Config, kind: str, shapes: ModelShapes, trainable: int) -> dict[str, float]:
@@ -237,7 +261,7 @@ def length_lines(cfg: Config, task, tokenizer) -> tuple[list[str], list[str]]:
     return lines, problems
 
 
-def _stage_plan(cfg: Config, task, shapes: ModelShapes | str, tokenizer) -> StagePlan:
+def _stage_plan(cfg: Config, task, shapes: ModelShapes | str, tokenizer, processes: int = 1) -> StagePlan:
     train, method = cfg.train, method_of(cfg)
     units = method.count_units(cfg, task, tokenizer) if task is not None else None
     if train.epochs is None:
@@ -253,10 +277,17 @@ def _stage_plan(cfg: Config, task, shapes: ModelShapes | str, tokenizer) -> Stag
     if task is not None and tokenizer is not None and method.caps:
         lines, plan.problems = length_lines(cfg, task, tokenizer)
         plan.lines.extend(lines)
+    if processes > 1:
+        from sdft.methods.harness import per_device_batch_size
+
+        try:
+            per_device_batch_size(train, processes)
+        except UserError as err:
+            plan.problems.append(str(err))
     if isinstance(shapes, ModelShapes):
         plan.problems.extend(vocabulary_problems(train, shapes.vocab))
         plan.lines.append("  memory estimate:")
-        plan.lines.extend(memory_lines(cfg, shapes))
+        plan.lines.extend(memory_lines(cfg, shapes, processes))
     return plan
 
 

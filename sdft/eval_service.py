@@ -30,8 +30,9 @@ from sdft.tasks.spec import TaskSpec
 EVAL_CACHE_DIR = ".eval_cache"
 JUDGE_CACHE_DIR = ".judge_cache"
 
-Job = tuple[TaskSpec, "bool | str"]
-"""(task, prompt kind): False / True = the plain / teacher prompt, or a predictor's name (sdft/inference/)."""
+Job = tuple[TaskSpec, "bool | str | object"]
+"""(task, prompt kind): False / True = the plain / teacher prompt, a predictor's name (sdft/inference/), or a
+predictor its command built (sdft collm's holds the expert in memory)."""
 
 
 class EvalService:
@@ -100,8 +101,11 @@ class EvalService:
     def _predictors(self, jobs: list[Job]) -> dict:
         """One predictor per prompt kind, told every task it will answer."""
         predictors = {}
-        for name in dict.fromkeys(predictor_name(kind) for _, kind in jobs):
-            predictors[name] = make_predictor(name, self.cfg)
+        for _, kind in jobs:
+            name = predictor_name(kind)
+            if name in predictors:
+                continue
+            predictors[name] = make_predictor(kind, self.cfg)
             predictors[name].prepare([t for t, kind in jobs if predictor_name(kind) == name])
         return predictors
 

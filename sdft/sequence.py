@@ -12,6 +12,10 @@ task and the general suite are evaluated for every row. Everything lands in one 
 
 Re-running the same command on the same folder resumes: finished stages are skipped, an interrupted
 stage continues from its newest checkpoint, so the results equal an uninterrupted run's.
+
+Under a launcher (`torchrun`, `accelerate launch`: DDP, or train.sharding=fsdp) every process trains every stage and
+only the main one evaluates and writes; the processes meet before each stage, so all of them see its row.json (a
+finished stage) and the model it starts from.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from sdft.errors import UserError
 from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95
 from sdft.eval_service import EvalService, world_of
 from sdft.knowledge_table import knowledge_table
-from sdft.models import LoadedModel, load_model, resolve_device
+from sdft.methods.harness import per_device_batch_size
+from sdft.methods.registry import METHODS
+from sdft.models import LoadedModel, load_model, process_state, resolve_device
 from sdft.runs import ENV_FILE, atomic_write_json, read_json, write_run_header
 from sdft.tasks.registry import load_tasks, require_known, task_registry
 from sdft.tasks.spec import TaskSpec
@@ -64,12 +70,14 @@ def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
     unknown = set(cfg.sequence.stages) - set(cfg.tasks)
     if unknown:
         raise UserError(f"sequence.stages names {sorted(unknown)}, which are not tasks of this sequence {cfg.tasks}")
-    unknown = set(cfg.sequence.method_overrides) - set(cfg.sequence.methods)
+    # A config may keep overrides for methods the command line leaves out (--set sequence.methods=[sdft]); a name
+    # that is no method at all is a typo.
+    unknown = set(cfg.sequence.method_overrides) - set(METHODS)
     if unknown:
-        raise UserError(f"sequence.method_overrides names {sorted(unknown)}, which are not in sequence.methods "
-                        f"{cfg.sequence.methods}")
+        raise UserError(f"sequence.method_overrides names {sorted(unknown)}, which are not methods "
+                        f"(known: {', '.join(METHODS)})")
     for task in cfg.tasks:
-        for method in cfg.sequence.methods:
+        for method in {*cfg.sequence.methods, *cfg.sequence.method_overrides}:
             stage_config(cfg, task, method, cfg.sequence.seeds[0])
     tasks, general = load_tasks(cfg.tasks, registry), load_tasks(cfg.eval.general, registry)
     also = load_tasks([t for t in cfg.eval.tasks if t not in cfg.tasks], registry)
@@ -94,13 +102,19 @@ def run_sequence(plan: SequencePlan) -> dict:
     """The header of a new folder first; a resumed one gets its config.yaml (chains added) with its results.json at
     the end, so that an interrupted extension leaves the earlier config and results side by side, both whole."""
     cfg, started = plan.cfg, time.perf_counter()
-    require_fits_model([stage_config(cfg, t.name, m, cfg.sequence.seeds[0]) for m in cfg.sequence.methods
-                        for t in plan.tasks])
+    stages = [stage_config(cfg, t.name, m, cfg.sequence.seeds[0]) for m in cfg.sequence.methods for t in plan.tasks]
+    require_fits_model(stages)
+    processes = process_state(cfg.model)
+    for stage in stages:  # every stage's batch splits over the processes, or one line before anything loads
+        per_device_batch_size(stage.train, processes.num_processes)
     device = str(resolve_device(cfg.model.device))
-    if not plan.resuming:
+    processes.wait_for_everyone()  # every process has checked the folder before the main one writes into it
+    if not plan.resuming and processes.is_main_process:
         write_run_header(plan.run_dir, cfg, "sequence", device)
     base = _cached_row(plan.run_dir / "base.json", lambda: _score_base(plan))
     chains = {m: {s: run_chain(plan, m, s, base) for s in cfg.sequence.seeds} for m in cfg.sequence.methods}
+    if not processes.is_main_process:
+        return {}
     results = aggregate(plan, chains, time.perf_counter() - started)
     from sdft.report import write_sequence_report
 
@@ -111,8 +125,10 @@ def run_sequence(plan: SequencePlan) -> dict:
     return results
 
 
-def _score_base(plan: SequencePlan) -> dict:
+def _score_base(plan: SequencePlan) -> dict | None:
     """Row 0: the base model, loaded only to be evaluated and freed on return (each stage loads its own start)."""
+    if not process_state(plan.cfg.model).is_main_process:
+        return None
     return plan.service.score(load_model(plan.cfg.model), plan.tasks + plan.also)
 
 
@@ -121,20 +137,31 @@ def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[di
     rows, model_cfg = [base], plan.cfg.model
     for k, task in enumerate(plan.tasks, start=1):
         stage_dir = plan.run_dir / method / f"seed-{seed}" / f"stage-{k}-{task.name}"
+        process_state(model_cfg).wait_for_everyone()  # the previous stage's row.json and model are written
         console.rule(f"[bold]{method}[/] seed {seed}: stage {k}/{len(plan.tasks)}, {task.name}")
         rows.append(_cached_row(stage_dir / "row.json", lambda: _train_stage(plan, method, seed, task, stage_dir, model_cfg)))
         model_cfg = dataclasses.replace(model_cfg, name_or_path=str(_stage_model_dir(plan.cfg, stage_dir)), revision=None)
     return rows
 
 
+def stage_task(stage: Config, sequence: Config, task: TaskSpec) -> TaskSpec:
+    """The task as this stage sees it: reloaded when a method override changed where (or how) its rows come from,
+    e.g. SFT's teacher_context: answer."""
+    if stage.task_sources == sequence.task_sources:
+        return task
+    return load_tasks([task.name], task_registry(stage.custom_tasks, stage.task_sources))[0]
+
+
 def _train_stage(plan: SequencePlan, method: str, seed: int, task: TaskSpec, stage_dir: Path, model_cfg: ModelConfig) -> dict:
     cfg = dataclasses.replace(stage_config(plan.cfg, task.name, method, seed), model=model_cfg)
-    if cfg.task_sources != plan.cfg.task_sources:  # a method override changed where (or how) the task's rows come from
-        task = load_tasks([task.name], task_registry(cfg.custom_tasks, cfg.task_sources))[0]
+    task = stage_task(cfg, plan.cfg, task)
     earlier_attempt = (stage_dir / ENV_FILE).is_file()
-    stage = open_stage(cfg, task, stage_dir, "sequence-stage", earlier_attempt)
+    main = process_state(cfg.model).is_main_process
+    stage = open_stage(cfg, task, stage_dir, "sequence-stage", earlier_attempt, main)
     loaded = stage.loaded
     train_stage(stage)
+    if not main:
+        return None  # only the main process evaluates and merges; the others wait at the next stage
     if cfg.lora.enabled:
         loaded.model = _merge(loaded, _stage_model_dir(cfg, stage_dir))
     return plan.service.score(loaded, plan.tasks + plan.also, seed=seed)  # the chain's seed, as its training
@@ -150,11 +177,13 @@ def _merge(loaded: LoadedModel, directory: Path):
     return merge_and_save(loaded.model, loaded.tokenizer, directory)
 
 
-def _cached_row(path: Path, compute) -> dict:
+def _cached_row(path: Path, compute) -> dict | None:
+    """The row written in `path`, or computed and written (None on a process other than the main one)."""
     if path.is_file():
         return read_json(path)
     row = compute()
-    atomic_write_json(path, row)
+    if row is not None:
+        atomic_write_json(path, row)
     return row
 
 

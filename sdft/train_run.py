@@ -9,8 +9,9 @@ from pathlib import Path
 from sdft.adapters import wrap_with_lora
 from sdft.claim import claim_new, claim_resume
 from sdft.config import Config, vocabulary_problems
+from sdft.distributed import require_same_world, world_size
 from sdft.errors import UserError
-from sdft.methods.harness import StageResult
+from sdft.methods.harness import StageResult, per_device_batch_size
 from sdft.methods.registry import method_of
 from sdft.methods.tokens import row_lengths, rows_within_caps
 from sdft.methods.stage import CHECKPOINT_DIR, Stage, holds_checkpoint
@@ -27,6 +28,8 @@ def open_stage(cfg: Config, task, run_dir: Path, command: str, resume: bool, mai
     process) env.json, config.yaml and lineage.json written. `resume`: the folder holds an earlier attempt of this
     stage (claimed by the caller), which continues from its newest whole checkpoint, or from the start when it was
     stopped before its first. `sdft train` and every stage of `sdft sequence` start here."""
+    if resume and cfg.train.sharding == "fsdp":
+        require_same_world(run_dir / CHECKPOINT_DIR, world_size(cfg.model))  # before the model loads
     loaded = load_model(cfg.model)
     cfg = with_epochs_as_steps(cfg, task, loaded.tokenizer)  # config.yaml then shows the steps that run
     if main:
@@ -69,6 +72,7 @@ def run_train(cfg: Config, output: str | Path | None, resume: bool = False) -> t
     if cfg.train.evaluate:
         require_judge(cfg, [task, *general])
     require_fits_model([cfg])
+    per_device_batch_size(cfg.train, processes.num_processes)  # the batch splits over the processes, or one line
     claim = claim_resume(output, "train", cfg) if resume else claim_new(output, "train", cfg)
     processes.wait_for_everyone()  # every process has checked the folder before the main one writes into it
     run_dir = claim.run_dir

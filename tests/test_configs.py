@@ -11,9 +11,13 @@ from sdft.config import load_config
 from sdft.tasks.registry import require_known, task_registry
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-EXPECTED = {"default.yaml", "dft.yaml", "knowledge.yaml", "seal.yaml", "sdft.yaml", "sft.yaml", "sft_reinvoke.yaml", "ttt.yaml", "paper/knowledge.yaml",
+EXPECTED = {"collm.yaml", "paper/collm.yaml", "default.yaml", "dft.yaml", "fsdp-cpu.yaml", "sdft.yaml", "sft.yaml",
+            "sft_reinvoke.yaml", "ttt.yaml", "knowledge.yaml", "seal.yaml", "paper/knowledge.yaml",
             "paper/medical.yaml", "paper/science.yaml", "paper/sequence.yaml", "paper/tools.yaml", "paper/ttt-bbh.yaml"}
-FILES = sorted(CONFIGS.rglob("*.yaml"))
+FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "accelerate")
+LAUNCH_CONFIGS = {"ddp.yaml": "MULTI_GPU", "fsdp2.yaml": "MULTI_GPU", "deepspeed-zero2.yaml": "DEEPSPEED",
+                  "deepspeed-zero3.yaml": "DEEPSPEED"}
+"""configs/accelerate/: accelerate's own launch configs (FSDP2 is sdft's sharding under a plain multi-GPU launch)."""
 
 
 def test_every_config_file_is_found():
@@ -27,7 +31,8 @@ def test_config_loads_validates_and_names_known_tasks(path):
     registry = task_registry(cfg.custom_tasks, cfg.task_sources)  # checks task_sources without reading data
     require_known([*cfg.tasks, cfg.train.task, *cfg.eval.tasks, *cfg.eval.general], registry)
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# sdft "), first  # the command that runs it
+    launched = f" -m sdft.cli train configs/{path.name} --output DIR"  # a launcher's command (torchrun, accelerate)
+    assert first.startswith("# sdft ") or first.endswith(launched), first  # the command that runs it
     if path.parent.name == "paper":
         assert str(path.relative_to(CONFIGS.parent)) in first, first
 
@@ -72,3 +77,25 @@ def test_task_sources_take_dotted_overrides_and_name_mistakes(tmp_path):
                               ("train.epochs=0", "train.epochs must be > 0")]:
         with pytest.raises(UserError, match=message):
             load_config(None, [override])
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCH_CONFIGS))
+def test_launch_configs_load_and_start_with_their_command(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = CONFIGS / "accelerate" / name
+    assert {p.name for p in (CONFIGS / "accelerate").iterdir()} == set(LAUNCH_CONFIGS)
+    launch = load_config_from_file(str(path))
+    assert launch.distributed_type.value == LAUNCH_CONFIGS[name] and launch.num_processes == 8
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(f"# accelerate launch --config_file configs/accelerate/{name} -m sdft.cli "), first
+    assert ("train.sharding=fsdp" in first) == (name == "fsdp2.yaml")
+    if LAUNCH_CONFIGS[name] == "DEEPSPEED":
+        assert launch.deepspeed_config["zero_stage"] == int(name[-6])
+
+
+def test_the_fsdp_cpu_config_shards_an_ema_teacher_over_two_processes():
+    cfg = load_config(CONFIGS / "fsdp-cpu.yaml")
+    assert (cfg.train.sharding, cfg.train.teacher, cfg.model.device) == ("fsdp", "ema", "cpu")
+    assert cfg.train.batch_size % 2 == 0
+    assert (CONFIGS / "fsdp-cpu.yaml").read_text().startswith("# torchrun --nproc_per_node 2 -m sdft.cli train")

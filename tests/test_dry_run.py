@@ -147,3 +147,33 @@ def test_cpt_plan_counts_corpus_blocks(tiny_model_dir):
     assert code == 0, out
     # the two fixture articles, one token per character, in blocks of 128: 3 + 3 blocks
     assert "cpt on knowledge: 6 corpus blocks" in out and "optimizer steps: 1 = ceil(4 epochs x 6 blocks / 32)" in out
+
+
+def test_memory_per_process_under_sharding(qwen_shapes):
+    """--processes N: with train.sharding=fsdp every state is split N ways and a rollout gathers the weights whole
+    (sdft/distributed.py); without it every process holds everything (DDP). 7B, bf16, EMA teacher."""
+    base = ["train", PAPER / "science.yaml", "--dry-run", *sets(*SCIENCE_FIXTURES, f"model.name_or_path={qwen_shapes}",
+                                                             "train.gradient_accumulation=4")]
+    code, ddp = invoke(*base, "--processes", 8)
+    assert code == 0, ddp
+    assert "weights: 14.2 GiB" in ddp and "total, rough: 111.7 GiB per device (8 processes, train.sharding=none" in ddp
+    code, fsdp = invoke(*base, "--processes", 8, *sets("train.sharding=fsdp"))
+    assert code == 0, fsdp
+    assert "weights, 1/8 shard: 1.8 GiB" in fsdp and "EMA shadow (fp32), 1/8 shard: 3.5 GiB" in fsdp
+    assert "weights gathered whole for rollouts: 14.2 GiB" in fsdp
+    assert "total, rough: 39.0 GiB per device (8 processes, train.sharding=fsdp" in fsdp
+    code, out = invoke(*base, "--processes", 16)  # 32 prompts over 4 micro-batches x 16 processes: no
+    assert code == 1 and "train.batch_size=32 must split evenly over train.gradient_accumulation=4 x 16 processes" in out
+
+
+def test_the_knowledge_table_plans_on_local_paper_files(tiny_model_dir):
+    # configs/knowledge.yaml is the embedded table; the paper's is the same command with the knowledge task's source
+    code, out = invoke("sequence", "-c", ROOT / "configs" / "knowledge.yaml", "--dry-run",
+                       *sets("task_sources.knowledge={source: local, path: " + str(FIXTURES / "knowledge") + "}",
+                             "eval.tasks=[knowledge_ood, knowledge_oracle, knowledge_oracle_ood]",
+                             f"model.name_or_path={tiny_model_dir}", "eval.judge.backend=local",
+                             f"eval.judge.model={tiny_model_dir}", "sequence.seeds=[0]"))
+    assert code == 0, out  # SFT's rows are checked with its own teacher context (the answer): none over the cap
+    for method in ("sdft", "sft", "cpt"):
+        assert f"{method} on knowledge:" in out
+    assert "cpt on knowledge: 5 corpus blocks" in out  # the fixture's articles, not the embedded ones

@@ -158,3 +158,25 @@ def test_the_model_knows_no_fact_of_the_knowledge_task(tiny, split):
 def test_the_model_reads_an_article_in_its_prompt(tiny):
     assert _knowledge_accuracy(*tiny, "knowledge_oracle", "test") >= 0.85  # full set: >= 0.90
     assert _knowledge_accuracy(*tiny, "knowledge", "train", teacher=True) >= 0.85  # the SDFT teacher
+
+
+@pytest.mark.slow  # the embedded model's abilities: sampled self-edits (SEAL's inner loop draws them this way)
+def test_the_model_writes_self_edits_whose_kind_follows_the_template(tiny):
+    from sdft.tasks import knowledge_world as K
+    from sdft.tasks.articles import SELF_EDIT_TEMPLATES
+
+    model, tokenizer = tiny
+    events = K.events("task", K.VERSION)[:SAMPLE]
+
+    def share_with_questions(template: str) -> float:
+        prompts = [render_prompt(tokenizer, SELF_EDIT_TEMPLATES[template].format(title=e.title, text=K.article(e)))
+                   for e in events]
+        torch.manual_seed(0)
+        with torch.no_grad():
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(**enc, max_new_tokens=400, do_sample=True, temperature=1.0, top_p=0.95)
+        edits = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return sum("?" in edit for edit in edits) / len(edits)
+
+    assert share_with_questions("self_qa") >= 0.8  # full task, seed 1234: 0.97
+    assert 0.04 <= share_with_questions("implications") <= 0.6  # a mix: some samples hold questions (0.20)

@@ -48,6 +48,34 @@ def test_the_ood_view_and_the_teacher_context_of_the_embedded_source():
     assert plain.version.endswith("+answer")  # the teacher context is part of the version (caches see it)
 
 
+def test_self_edits_by_template_hold_the_facts_and_never_a_test_phrasing():
+    import random
+
+    rng, event = random.Random(0), K.events("task", VERSION)[0]
+    facts = [event.fact(relation) for relation in K.QUESTIONS]
+    tests = {q.split(event.name)[0] for q, _ in K.questions(event, "test")}  # each test phrasing's opening words
+    rewrite, self_qa = K.self_edit(event, "rewrite", rng), K.self_edit(event, "self_qa", rng)
+    assert sorted(rewrite.splitlines()) == sorted(K.restatements(event)) and "?" not in rewrite
+    questions = self_qa.splitlines()
+    assert len(questions) == 2 * len(facts) and all("?" in line for line in questions)
+    for line in questions:  # a train phrasing of some fact, then that fact
+        question, answer = line.rsplit("? ", 1)
+        assert (f"{question}?", answer) in K.questions(event, "train")
+    mixes = {_mix(K.self_edit(event, "implications", rng), event) for _ in range(200)}
+    assert mixes == {"restate", "vague", "question", "mixed"}  # its samples differ in how much they could help
+    for template in ("rewrite", "self_qa", "implications"):
+        for line in K.self_edit(event, template, rng).splitlines():
+            assert not any(line.startswith(t) for t in tests), line
+
+
+def _mix(edit: str, event) -> str:
+    kinds = {"restate": set(K.restatements(event)), "vague": set(K.vague_lines(event))}
+    lines = set(edit.splitlines())
+    if all("?" in line for line in lines):
+        return "question"
+    return next((kind for kind, known in kinds.items() if lines == known), "mixed")
+
+
 def _embedded(**kwargs):
     from sdft.config import TaskSourceConfig
 
@@ -92,6 +120,21 @@ def test_the_table_reads_the_row_after_the_knowledge_stage_and_averages_seeds():
     assert knowledge_table(["science"], chains) is None
 
 
+def test_the_report_shows_the_table_with_every_interval():
+    from sdft.report.sequence import _knowledge_md
+
+    base = _row(0.0, 0.1, 0.05, 0.9, oracle=(0.95, 1.0, 0.8))
+    chains = {"sdft": {0: [base, _row(0.6, 0.7, 0.3, 0.85)], 1: [base, _row(0.8, 0.9, 0.5, 0.75)]}}
+    lines = _knowledge_md({"world": "embedded", "knowledge_table": knowledge_table(["knowledge"], chains)})
+    half = mean_ci95([0.6, 0.8])[1]
+    delta_half = mean_ci95([-0.05, -0.15])[1]
+    text = "\n".join(lines)
+    assert (f"| sdft | 0.700 ± {half:.3f} | 0.800 ± {half:.3f} | 0.400 ± {half:.3f} "
+            f"| -0.100 ± {delta_half:.3f} |") in text.splitlines()
+    assert "| oracle | 0.950 | 1.000 | 0.800 | +0.000 |" in text.splitlines()
+    assert lines[0] == "## Knowledge injection (embedded world)"
+
+
 def test_a_cell_nobody_evaluated_is_none():
     row = {"scores": {"knowledge": {"accuracy": 0.5}}, "general": {"mean": None}}
     table = knowledge_table(["knowledge"], {"sft": {0: [row, row]}})
@@ -114,11 +157,15 @@ def test_method_overrides_give_sft_the_answer_as_its_target(knowledge_config, tm
     assert "knowledge" not in stage_config(cfg, "knowledge", "sdft", 0).task_sources
     plan = plan_sequence(cfg, tmp_path / "run")
     assert [t.name for t in plan.also] == ["knowledge_ood", "knowledge_oracle"]
+    # a method the command line leaves out keeps its overrides in the config, unused
+    only_sdft = knowledge_config("sequence.method_overrides={sft: {task_sources.knowledge.teacher_context: answer}}",
+                                 "sequence.methods=[sdft]")
+    assert plan_sequence(only_sdft, tmp_path / "only-sdft").cfg.sequence.methods == ["sdft"]
 
 
 def test_bad_method_overrides_fail_before_training(knowledge_config, tmp_path):
-    with pytest.raises(UserError, match=r"method_overrides names \['dft'\]"):
-        plan_sequence(knowledge_config("sequence.method_overrides={dft: {train.steps: 3}}"), tmp_path / "a")
+    with pytest.raises(UserError, match=r"method_overrides names \['sfd'\], which are not methods"):
+        plan_sequence(knowledge_config("sequence.method_overrides={sfd: {train.steps: 3}}"), tmp_path / "a")
     with pytest.raises(UserError, match="unknown key"):
         plan_sequence(knowledge_config("sequence.method_overrides={sft: {train.stepz: 3}}"), tmp_path / "b")
     with pytest.raises(UserError, match="unknown task 'knowledge_odd'"):

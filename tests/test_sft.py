@@ -349,3 +349,27 @@ def test_a_checkpoint_whose_optimizer_does_not_fit_is_named(tmp_path, tiny_model
     resumed = make_stage(tmp_path / "run", tiny_model_dir, "train.steps=4", "train.checkpoint_every=2", resume=True)
     with pytest.raises(UserError, match="cannot resume from .*checkpoint-2: its optimizer state does not fit"):
         train_sft(resumed)
+
+
+@pytest.mark.parametrize("dft", [False, True], ids=["sft", "dft"])
+def test_the_native_demonstration_loss_is_trls_token_mean(tmp_path, tiny_model_dir, dft):
+    """train.sharding=fsdp trains SFT/DFT in the native loop (methods/sft_native.py): its token sum over the global
+    token count is the mean next-token loss over the demonstration tokens (transformers' labels loss), or DFT's."""
+    from types import SimpleNamespace
+
+    from sdft.methods.sft_native import _label_tokens, _token_loss_sum
+
+    stage = make_stage(tmp_path, tiny_model_dir, rows=THREE_ROWS)
+    examples, _ = tokenize_rows(stage)
+    model = stage.loaded.model
+    state = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), tokenizer=stage.loaded.tokenizer,
+                            wrapped=model)
+    total = sum(_label_tokens(e) for e in examples)
+    ours = _token_loss_sum(state, examples, dft) / total
+    batch = collate(stage)
+    logp, keep = token_logprobs(model, batch)
+    reference = -(logp.exp() * logp)[keep].mean() if dft else -logp[keep].mean()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    if not dft:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        assert ours.item() == pytest.approx(out.loss.item(), rel=1e-5)

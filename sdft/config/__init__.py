@@ -4,6 +4,7 @@
 - judge.py:    the LLM judge's knobs
 - training.py: train (one stage, its loss, its teacher and rollouts) and sequence
 - ttt.py:      test-time training on few-shot instances (`sdft ttt`)
+- collm.py:    Co-LLM: the expert, the deferral head's training, the threshold (`sdft collm`)
 - seal.py:     SEAL's self-edits, inner updates and ReST-EM rounds (`sdft seal`)
 - root.py:     Config (the whole), its cross-section checks, load_config
 - mapping.py:  strict conversion of YAML mappings and `a.b=value` overrides into the dataclasses
@@ -15,6 +16,7 @@ contradictory settings fail in `Config.validate()` before any model is loaded. N
 section here.
 """
 
+from sdft.config.collm import CollmConfig
 from sdft.config.judge import JudgeConfig
 from sdft.config.root import Config, config_to_dict, load_config
 from sdft.config.sections import (EMBEDDED_MODEL, EMBEDDED_PRIOR_SKILLS, EMBEDDED_TASKS, CheckConfig, EvalConfig,
@@ -27,7 +29,7 @@ from sdft.config.ttt import PREDICTOR_NAMES, TTTConfig
 __all__ = [
     "Config", "config_to_dict", "load_config", "ModelConfig", "LoraConfig", "SamplingConfig", "HarnessConfig",
     "EvalConfig", "CheckConfig", "TaskSourceConfig", "JudgeConfig", "LossConfig", "ReinvokeConfig", "TrainConfig",
-    "SequenceConfig", "TTTConfig", "PREDICTOR_NAMES", "SealConfig", "TEMPLATE_NAMES",
+    "SequenceConfig", "TTTConfig", "CollmConfig", "PREDICTOR_NAMES", "SealConfig", "TEMPLATE_NAMES",
     "EMBEDDED_MODEL", "EMBEDDED_TASKS", "EMBEDDED_PRIOR_SKILLS", "METHOD_NAMES", "DIVERGENCES", "TOPK_SOURCES",
     "vocabulary_problems",
 ]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdft.config.collm import CollmConfig, collm_checks
 from sdft.config.mapping import apply_override, from_mapping
 from sdft.config.sections import (EMBEDDED_TASKS, CheckConfig, EvalConfig, LoraConfig, ModelConfig, SamplingConfig,
                                   TaskSourceConfig)
@@ -35,6 +36,7 @@ class Config:
     check: CheckConfig = field(default_factory=CheckConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
+    collm: CollmConfig = field(default_factory=CollmConfig)
     seal: SealConfig = field(default_factory=SealConfig)
     seed: int = 0
     output_root: str = "runs"
@@ -74,7 +76,9 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
          "train.reinvoke.steps must be >= 1 and train.reinvoke.learning_rate > 0 or null"),
         (min(train.checkpoint_every, train.log_every, train.keep_checkpoints) < 1, "train.checkpoint_every, log_every and keep_checkpoints must be >= 1"),
         *_trl_engine_checks(train),
+        *_sharding_checks(cfg),
         *ttt_checks(cfg.ttt),
+        *collm_checks(cfg.collm),
         *seal_checks(cfg.seal),
         ("sft_reinvoke" in (train.method, *cfg.sequence.methods) and not (train.reinvoke.tasks or ev.general),
          "train.method sft_reinvoke distils on general prompts, and both train.reinvoke.tasks and eval.general are "
@@ -103,6 +107,26 @@ def _trl_engine_checks(train: TrainConfig) -> list[tuple[bool, str]]:
          "train.max_completion_tokens in the loss"),
         (train.rollout.backend != "native",
          "train.rollout.backend is not used by engine trl: TRL samples with its own generate (keep 'native')"),
+    ]
+
+
+SHARDED_METHODS = ("sdft", "sft", "dft")
+"""The methods whose training runs in the native loop, which is what train.sharding=fsdp shards (sdft/distributed.py)."""
+
+
+def _sharding_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """What train.sharding=fsdp cannot serve, refused before any model loads (`--dry-run` says so too)."""
+    train = cfg.train
+    if train.sharding != "fsdp":
+        return []
+    methods = sorted({train.method, *cfg.sequence.methods} - set(SHARDED_METHODS))
+    return [
+        (train.engine != "native", "train.sharding=fsdp shards the native loop: set train.engine=native"),
+        (bool(methods), (f"train.sharding=fsdp serves train.method {'/'.join(SHARDED_METHODS)}, not {methods}; "
+                         "run those without it (train.sharding=none)")),
+        (cfg.lora.enabled and train.teacher == "ema" and train.lora_ema == "update",
+         ("train.sharding=fsdp cannot serve train.lora_ema=update (its fp32 update per layer is a full matrix that "
+          "would be gathered whole on every process): use train.lora_ema=adapter, or train.sharding=none")),
     ]
 
 

@@ -116,7 +116,8 @@ class TrainConfig:
     """Prompts per optimizer step, across gradient accumulation and processes."""
     gradient_accumulation: int = 1
     learning_rate: float = 1e-4
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    """After the warm-up: cosine decay to 0, constant, or linear decay to 0 (Co-LLM's schedule)."""
     warmup_steps: int = 10
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -157,6 +158,10 @@ class TrainConfig:
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     evaluate: bool = True
     """Evaluate the trained task and the general suite before and after training."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """none: every process holds the whole model (one process, or DDP under a launcher); fsdp: torch's FSDP2
+    (`fully_shard`, sdft/distributed.py) shards the student, its teacher and the optimizer state over the processes
+    of a `torchrun` / `accelerate launch` job, on CPUs (gloo) and GPUs alike. Native engine; methods sdft, sft, dft."""
 
 
 @dataclass

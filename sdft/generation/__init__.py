@@ -6,6 +6,7 @@
 - lean_decode.py: the native sampler's lean decoding step for Llama-family models
 - backends.py:    the registry, SamplingConfig.backend -> backend
 - batching.py:    text prompts -> length-sorted, seeded batches -> Generation records
+- deferral.py:    Co-LLM's greedy decoding by a base and an expert (two KV caches, the expert run where the head defers)
 
 A new backend (vLLM) is one more module implementing base.Backend and one entry in BACKENDS.
 """

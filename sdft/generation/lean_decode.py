@@ -46,6 +46,12 @@ class LeanDecoder:
     @torch.no_grad()
     def step(self, tokens: Tensor, cache, mask: Tensor, positions: Tensor) -> Tensor:
         """tokens [B]; mask [B, cached + 1] (1 on real tokens, the new one included); positions [B, 1]."""
+        return self.step_hidden(tokens, cache, mask, positions)[0]
+
+    @torch.no_grad()
+    def step_hidden(self, tokens: Tensor, cache, mask: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """As `step`, and the last hidden state (after the final norm: what the LM head reads), [B, H]; Co-LLM's
+        deferral head reads it (generation/deferral.py)."""
         inner = self.model.model
         hidden = inner.embed_tokens(tokens[:, None])
         rotary = inner.rotary_emb(hidden, position_ids=positions)
@@ -55,7 +61,8 @@ class LeanDecoder:
             hidden = hidden + self._attend(layer.self_attn, layer.input_layernorm(hidden), rotary, attention_mask,
                                            cache, index)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.model.lm_head(inner.norm(hidden))[:, -1]
+        hidden = inner.norm(hidden)[:, -1]
+        return self.model.lm_head(hidden), hidden
 
     def _attend(self, attn, hidden: Tensor, rotary, attention_mask: Tensor | None, cache, index: int) -> Tensor:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb

@@ -67,9 +67,7 @@ def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, sampling: Samplin
         if step + 1 == cap or not going.any():
             break
         if not going.all():
-            keep = _filled_holes_order(going)
-            active, token, mask, position = active[keep], token[keep], mask[keep], position[keep]
-            cache.batch_select_indices(keep)
+            _, (active, token, mask, position) = drop_finished(going, cache, active, token, mask, position)
         if lean is not None:
             logits = lean.step(token, cache, mask[:, : width + step + 1], position + step)
         else:
@@ -77,6 +75,14 @@ def _decode(model, cache, logits: Tensor, prompt_mask: Tensor, sampling: Samplin
                         position_ids=position + step, use_cache=True, **{CACHE_KWARG: cache})
             logits = out.logits[:, -1]
     return tokens[:, : step + 1], None if scores is None else scores[:, : step + 1]
+
+
+def drop_finished(going: Tensor, cache, *rows: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Compact a decoding batch to the rows still going: the KV cache in place, and each per-row tensor in `rows`;
+    returns the kept order (for anything else that must follow it) and the compacted tensors."""
+    keep = _filled_holes_order(going)
+    cache.batch_select_indices(keep)
+    return keep, [row[keep] for row in rows]
 
 
 def _filled_holes_order(going: Tensor) -> Tensor:

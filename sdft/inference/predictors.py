@@ -96,13 +96,17 @@ PREDICTORS: dict[str, Callable[[Config], Predictor]] = {
 }
 
 
-def predictor_name(kind: bool | str) -> str:
-    """A job's prompt kind: False / True (the plain / teacher prompt, as the commands have always passed it) or a
-    predictor's name."""
+def predictor_name(kind: bool | str | Predictor) -> str:
+    """A job's prompt kind: False / True (the plain / teacher prompt, as the commands have always passed it), a
+    predictor's name, or a predictor built by its command (Co-LLM's holds an expert model in memory)."""
+    if not isinstance(kind, (bool, str)):
+        return kind.name
     return ("teacher" if kind else "student") if isinstance(kind, bool) else kind
 
 
-def make_predictor(kind: bool | str, cfg: Config) -> Predictor:
+def make_predictor(kind: bool | str | Predictor, cfg: Config) -> Predictor:
+    if not isinstance(kind, (bool, str)):
+        return kind
     name = predictor_name(kind)
     if name not in PREDICTORS:
         raise UserError(f"unknown predictor '{name}'; known: {', '.join(PREDICTORS)}")

@@ -37,20 +37,43 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(root: Path, step: int, model, teacher_state: dict, trainer_state: dict, keep: int) -> Path:
     """checkpoints/step-000050/{student,teacher}.safetensors + trainer.pt; keeps the newest `keep`."""
-    final = Path(root) / f"{PREFIX}{step:06d}"
-    tmp = Path(root) / f".{final.name}.tmp"
+    tmp = begin_checkpoint(root, step)
+    write_whole(root, step, lambda: (
+        save_file(trainable_state(model), str(tmp / "student.safetensors")),
+        save_file({k: v.detach().contiguous() for k, v in teacher_state.items()}, str(tmp / "teacher.safetensors")),
+        torch.save(trainer_state, tmp / "trainer.pt")))
+    return commit_checkpoint(root, step, keep)
+
+
+def staging_dir(root: Path, step: int) -> Path:
+    """Where a checkpoint is written before it is renamed into place (a hidden .tmp folder: never resumed from)."""
+    return Path(root) / f".{PREFIX}{step:06d}.tmp"
+
+
+def begin_checkpoint(root: Path, step: int) -> Path:
+    tmp = staging_dir(root, step)
     shutil.rmtree(tmp, ignore_errors=True)
+    with refused_writes(Path(root) / f"{PREFIX}{step:06d}"):
+        tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_whole(root: Path, step: int, write) -> None:
+    """Run `write` (files into the staging folder); a refused write (disk full, read-only) gives the space back and
+    stops with one line; the newest whole checkpoint stays."""
     try:
-        with refused_writes(final):
-            tmp.mkdir(parents=True)
-            save_file(trainable_state(model), str(tmp / "student.safetensors"))
-            save_file({k: v.detach().contiguous() for k, v in teacher_state.items()}, str(tmp / "teacher.safetensors"))
-            torch.save(trainer_state, tmp / "trainer.pt")
+        with refused_writes(Path(root) / f"{PREFIX}{step:06d}"):
+            write()
     except UserError:
-        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the newest whole checkpoint stays
+        shutil.rmtree(staging_dir(root, step), ignore_errors=True)
         raise
+
+
+def commit_checkpoint(root: Path, step: int, keep: int) -> Path:
+    """Rename the staged checkpoint into place and keep the newest `keep`."""
+    final = Path(root) / f"{PREFIX}{step:06d}"
     shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    staging_dir(root, step).rename(final)
     for old in checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -82,9 +105,12 @@ def load_checkpoint(path: Path, model) -> tuple[dict, dict]:
         for name, value in student.items():
             params[name].copy_(value)
     teacher = _read(path, "teacher.safetensors", load_file)
-    # our own file: optimizer + RNG states
-    trainer = _read(path, "trainer.pt", lambda file: torch.load(file, weights_only=False))
-    return teacher, trainer
+    return teacher, read_trainer_state(path)
+
+
+def read_trainer_state(path: Path) -> dict:
+    """trainer.pt: step, optimizer (unless sharded), scheduler, data position, RNG states, the teacher's settings."""
+    return _read(path, "trainer.pt", lambda file: torch.load(file, weights_only=False))  # our own file
 
 
 def _read(checkpoint: Path, name: str, reader):

@@ -84,7 +84,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay to 0 over the remaining steps (or constant)."""
+    """Linear warm-up, then cosine decay to 0 over the remaining steps (or constant, or linear decay to 0)."""
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -92,6 +92,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
         if cfg.lr_schedule == "constant":
             return 1.0
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        if cfg.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -16,6 +16,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from sdft.console import err_console, progress_bar
+from sdft.distributed import on_any_process
 from sdft.errors import UserError
 from sdft.methods.harness import (MetricsLog, StageResult, build_optimizer, build_scheduler, graceful_interrupt,
                                   per_device_batch_size, require_same_device, save_model)
@@ -141,7 +142,7 @@ class RunCallback(MetricsCallback):
         super().on_train_begin(args, state, control, **kwargs)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if _on_any_process(self.stop_requested(), args.device):  # every process stops at the same step
+        if on_any_process(self.stop_requested(), args.device):  # every process stops at the same step
             control.should_save = control.should_training_stop = True
         if control.should_save:  # log first, so no checkpoint is written past a nan loss
             control.should_log = True
@@ -156,16 +157,6 @@ class RunCallback(MetricsCallback):
 
     def _mark(self, state) -> None:
         self._time, self._step, self._tokens = time.perf_counter(), state.global_step, state.num_input_tokens_seen
-
-
-def _on_any_process(flag: bool, device: torch.device) -> bool:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def _save_on_interrupt(trainer) -> None:

@@ -55,7 +55,8 @@ def build_trainer(stage: Stage, rows: Callable[[], list[PreparedRow]] | None = N
     teacher = teacher or (lambda model: build_teacher(model, train.teacher, train.ema_rate,
                                                       lora=stage.cfg.lora.enabled, lora_ema=train.lora_ema))
     trainer = build_loop(stage, Trainer, rows, teacher)
-    trainer.share_prompt_pass = False if has_active_dropout(trainer.model) else None
+    # sharded, a prompt pass kept for backward would be gathered whole with the rollout's weights (sdft/distributed.py)
+    trainer.share_prompt_pass = False if has_active_dropout(trainer.model) or trainer.sharded else None
     return trainer
 
 
@@ -114,7 +115,7 @@ def _micro_step(trainer: Trainer, batch: list[PreparedRow], timings: dict,
     if share_prompt_pass:  # the first half of the student's forward, and the sampler's prefill
         with _timed(timings, "student_forward_backward"):
             prompt = prompt_pass(trainer.wrapped, prompt_ids, prompt_mask)
-    with _timed(timings, "generation"):
+    with _timed(timings, "generation"), trainer.rollout_weights():
         rollout = backend(cfg.rollout.backend).sample(trainer.model, trainer.tokenizer, prompt_ids, prompt_mask,
                                                       cfg.rollout, cfg.max_completion_tokens, prefill=prompt)
     with _timed(timings, "teacher_forward"):

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from sdft import distributed
 from sdft.adapters import effective_update, lora_layers
 from sdft.console import err_console
 from sdft.errors import UserError
@@ -104,9 +105,13 @@ class EmaCopyTeacher(FrozenCopyTeacher):
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
         self.rate = rate
+        self.bind_shadow()
+
+    def bind_shadow(self) -> None:
+        """The shadow from the copy's weights (again after sdft/distributed.py shards them: then a set of shards)."""
         copies = dict(self.copy.named_parameters())
-        self.shadow = {n: copies[n].detach() if copies[n].dtype == torch.float32 else p.detach().float().clone()
-                       for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {n: copies[n].detach() if copies[n].dtype == torch.float32 else copies[n].detach().float().clone()
+                       for n, p in self.student.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def update(self) -> None:
@@ -135,7 +140,11 @@ class EmaAdapterTeacher(Teacher):
     def __init__(self, model: torch.nn.Module, rate: float):
         super().__init__(model)
         self.rate = rate
-        self.adapter = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        self.bind_shadow()
+
+    def bind_shadow(self) -> None:
+        """The adapter's tensors and their shadow (again after sdft/distributed.py shards them: then shards)."""
+        self.adapter = {name: p for name, p in self.student.named_parameters() if p.requires_grad}
         self.shadow = {name: p.detach().float().clone() for name, p in self.adapter.items()}
 
     @torch.no_grad()
@@ -144,16 +153,8 @@ class EmaAdapterTeacher(Teacher):
         torch._foreach_mul_(shadows, 1.0 - self.rate)
         torch._foreach_add_(shadows, [p.detach().float() for p in self.adapter.values()], alpha=self.rate)
 
-    @contextlib.contextmanager
-    def weights(self):
-        student = {name: p.data for name, p in self.adapter.items()}
-        try:
-            for name, p in self.adapter.items():
-                p.data = self.shadow[name].to(p.dtype)  # the shadow itself for an fp32 adapter
-            yield
-        finally:
-            for name, p in self.adapter.items():
-                p.data = student[name]
+    def weights(self) -> contextlib.AbstractContextManager:
+        return distributed.swapped_in(self.adapter, self.shadow)
 
     def state_dict(self) -> dict[str, Tensor]:
         return dict(self.shadow)
@@ -231,8 +232,12 @@ def _add_update(update: Tensor) -> Callable:
 def _copy_into(model: torch.nn.Module, weights: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name in weights and weights[name].data_ptr() != param.data_ptr():  # a shared fp32 shadow is already there
+            if name in weights and not _same_storage(weights[name], param):  # a shared fp32 shadow is already there
                 param.copy_(weights[name])
+
+
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    return distributed.local(a).data_ptr() == distributed.local(b).data_ptr()  # a shard's data_ptr() is 0
 
 
 def build_teacher(model: torch.nn.Module, kind: str, ema_rate: float, lora: bool, lora_ema: str) -> Teacher:

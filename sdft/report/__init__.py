@@ -7,6 +7,7 @@
   prior.py          report.md of `sdft eval --prior-tasks` (sdft/prior.py runs that evaluation)
   tables.py         the rich tables the commands print
   ttt.py            `sdft ttt`'s comparison: its rich table and report.md
+  collm.py          `sdft collm`'s table (base, expert, Co-LLM), report.md, collm.csv and collm.png
 
 Each module imports only modules listed above it, never one below, so there is no cycle: plots.py builds on
 format.py and sequence_rows.py, and only sequence.py imports plots.py. Every file is written by the one atomic

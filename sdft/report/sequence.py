@@ -65,11 +65,15 @@ def _knowledge_md(results: dict) -> list[str]:
     general suite's change over that stage (sdft/knowledge_table.py)."""
     table = results["knowledge_table"]
     rows = [[name, *(fmt(k[key], k[f"{key}_ci95"]) for key in ("strict", "lenient", "ood")),
-             fmt_delta(k["general_delta"])] for name, k in table.items()]
+             _delta_ci(k["general_delta"], k["general_delta_ci95"])] for name, k in table.items()]
     return [f"## Knowledge injection ({results['world']} world)", "",
             "After the knowledge stage: strict = exact answer, lenient = answer contained, ood = the indirect questions "
             "(knowledge_ood); base = before training, oracle = the base model with the article in its prompt.", "",
             markdown_table(["", "strict", "lenient", "ood", "general delta"], rows), ""]
+
+
+def _delta_ci(value: float | None, ci: float | None) -> str:
+    return fmt_delta(value) if ci is None or value is None else f"{fmt_delta(value)} ± {ci:.3f}"
 
 
 def _forgetting_md(results: dict, images: list[str]) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Callable
+from collections.abc import Callable
 
 from sdft.tasks.spec import Row, TaskSpec
 

@@ -7,12 +7,13 @@ pretraining to read an article in its prompt (the oracle) and to answer question
 events from memory, phrased every way the task phrases them, so a fact learned one way can be asked another.
 
 The task's events never appear in pretraining. Per event:
-- train: each fact asked in the two `train` phrasings, with a demonstration built from the article and the
+- train: each fact asked in the four `train` phrasings, with a demonstration built from the article and the
   answer (the teacher context; sdft/tasks/paper/knowledge.py `teacher_context` picks what it holds);
 - test: each fact asked once more in a phrasing the train split never uses for it;
 - ood: an indirect question that needs a fact plus a prior skill ("First letter of the city the ... hit?").
 Strict scoring: the normalised final answer equals the reference; lenient: the reference is contained, as
-whole words, in the normalised response.
+whole words, in the normalised response. The model also learned to write self-edits (SEAL's training data from an
+article, `self_edit`) for invented events like these.
 """
 
 from __future__ import annotations
