@@ -264,6 +264,10 @@ def collm(
     results = run_collm(plan)
     console.print(collm_table(results))
     console.print(f"results: {plan.run_dir / 'results.json'}, report: {plan.run_dir / 'report.md'}")
+
+
+@app.command()
+@user_errors
 def seal(
     config: Annotated[Path, typer.Argument(help="YAML config with a seal section (e.g. configs/seal.yaml).")],
     set_: SetOption = None,
