@@ -276,7 +276,7 @@ def seal(
 ) -> None:
     """SEAL: the model writes self-edits for passages, learns to write better ones (ReST-EM rounds), and the
     held-out table compares no update / passage only / base self-edits / each round / the passage in the prompt."""
-    from sdft.seal_run import dry_run_lines, plan_seal, run_seal
+    from sdft.seal_run import dry_run_lines, plan_seal, run_seal, seal_lines
 
     cfg = _config(config, set_, offline=dry_run)
     plan = plan_seal(cfg, output, dry_run=dry_run)
@@ -285,11 +285,7 @@ def seal(
             console.print(line, highlight=False, soft_wrap=True)
         return
     results = run_seal(plan)
-    for row, accuracy in results["seal_table"].items():
-        console.print(f"{row:16} {accuracy:.3f}", highlight=False)
-    for entry in results["rounds"]:
-        console.print(f"round {entry['round']}: mean reward {entry['mean_reward']:+.3f}, positive share "
-                      f"{entry['positive_share']:.2f}", highlight=False)
+    console.print(seal_lines(results), highlight=False)
     console.print(f"results: {plan.run_dir / 'results.json'}")
 
 

@@ -1,12 +1,13 @@
 """The command `sdft seal`: SEAL's ReST-EM rounds on a knowledge source's passages and the paper's evaluation table
 on held-out passages (METHOD.md 3.3; the pieces are sdft/methods/seal.py).
 
-The run folder:
-  table/<row>.jsonl               one record per held-out passage and table row (its accuracy, its self-edit)
-  rounds/round-<r>/self_edits.jsonl  one record per training passage: the k self-edits with their rewards
-  rounds/round-<r>/policy/        the policy after round r (merged weights, safetensors, and the tokenizer)
-  rounds.jsonl                    one line per finished round
-  results.json                    {"seal_table": {...}, "rounds": [...], ...}
+The run folder holds one folder per seed (`seal.seeds`; each seed draws its own passage split, self-edits and fits):
+  seed-<s>/table/<row>.jsonl        one record per held-out passage and table row (its accuracy, its self-edit)
+  seed-<s>/rounds/round-<r>/self_edits.jsonl  one record per training passage: the k self-edits with their rewards
+  seed-<s>/rounds/round-<r>/policy/ the policy after round r (merged weights, safetensors, and the tokenizer)
+  seed-<s>/rounds.jsonl             one line per finished round
+  seed-<s>/results.json             that seed's {"seal_table": {...}, "rounds": [...], ...}
+  results.json                      the means over the seeds with 95% half-widths, and every seed's results
 Every record is appended as soon as its passage is done, so a rerun on the same --output resumes at the passage it
 stopped at (a round whose policy folder exists is not trained again)."""
 
@@ -31,10 +32,20 @@ BASE_ROWS = ("no_update", "passage_only", "base_self_edits", "oracle")
 
 
 @dataclass
-class SealPlan:
+class SeedRun:
+    """One seed's share of the run: its config (`seed` set), its passage split and its folder."""
+
     cfg: Config
     train: list[Passage]
     held_out: list[Passage]
+    run_dir: Path | None
+    """seed-<s>/ in the run folder (None for a dry run)."""
+
+
+@dataclass
+class SealPlan:
+    cfg: Config
+    seeds: list[SeedRun]
     claim: Claim | None
     """The run folder (None for a dry run); rerunning on it continues at the passage it stopped at."""
 
@@ -46,21 +57,63 @@ class SealPlan:
 
 def plan_seal(cfg: Config, output: str | Path | None, dry_run: bool = False) -> SealPlan:
     """Everything checked that can be without the model (the config, every passage has questions, the split)."""
-    seal = cfg.seal
-    train, held_out = split_passages(load_passages(seal), seal.train_passages, seal.held_out_passages, cfg.seed)
-    return SealPlan(cfg, train, held_out, None if dry_run else claim_continuing(output, "seal", cfg))
+    seal, passages = cfg.seal, load_passages(cfg.seal)
+    claim = None if dry_run else claim_continuing(output, "seal", cfg)
+    runs = []
+    for seed in seal.seeds:
+        train, held_out = split_passages(passages, seal.train_passages, seal.held_out_passages, seed)
+        folder = claim.run_dir / f"seed-{seed}" if claim else None
+        runs.append(SeedRun(dataclasses.replace(cfg, seed=seed), train, held_out, folder))
+    return SealPlan(cfg, runs, claim)
 
 
 def run_seal(plan: SealPlan) -> dict:
-    from sdft.models import load_model
+    """Every seed in turn (a finished seed's results.json is reused), then the means over the seeds."""
+    from sdft.models import load_model, resolve_device
+    from sdft.runs import read_json
 
+    cfg, started = plan.cfg, time.perf_counter()
+    write_run_header(plan.run_dir, cfg, "seal", str(resolve_device(cfg.model.device)), resumed=plan.claim.resuming)
+    per_seed = {}
+    for run in plan.seeds:
+        done = run.run_dir / "results.json"
+        per_seed[run.cfg.seed] = read_json(done) if done.is_file() else _run_seed(load_model(cfg.model), run)
+    results = {"world": per_seed[plan.seeds[0].cfg.seed]["world"], "model": cfg.model.name_or_path,
+               "template": cfg.seal.template, "k": cfg.seal.k, "seeds": list(cfg.seal.seeds),
+               "metric": "strict accuracy on the held-out passages' questions, asked without the passage; means over "
+                         "the seeds, 95% half-widths beside (Student t)",
+               **seed_means(list(per_seed.values())), "elapsed_seconds": time.perf_counter() - started,
+               "per_seed": {str(seed): r for seed, r in per_seed.items()}}
+    atomic_write_json(plan.run_dir / "results.json", results)
+    return results
+
+
+def seed_means(per_seed: list[dict]) -> dict:
+    """seal_table and rounds as means over the seeds' results, each with its 95% half-width (None for one seed)."""
+    from sdft.metrics import mean_ci95
+
+    def mean_and_ci(values):
+        values = [v for v in values if v is not None]
+        return mean_ci95(values) if values else (None, None)
+
+    table = {row: mean_and_ci([r["seal_table"][row] for r in per_seed]) for row in per_seed[0]["seal_table"]}
+    rounds = []
+    for i, first in enumerate(per_seed[0]["rounds"]):
+        entry = {"round": first["round"]}
+        for key, value in first.items():
+            if key != "round" and isinstance(value, (int, float)):
+                entry[key], entry[f"{key}_ci95"] = mean_and_ci([r["rounds"][i][key] for r in per_seed])
+        rounds.append(entry)
+    return {"seal_table": {row: m for row, (m, _) in table.items()},
+            "seal_table_ci95": {row: h for row, (_, h) in table.items()}, "rounds": rounds}
+
+
+def _run_seed(loaded, plan: SeedRun) -> dict:
     cfg = plan.cfg
-    loaded = load_model(cfg.model)
-    write_run_header(plan.run_dir, cfg, "seal", str(loaded.device), resumed=plan.claim.resuming)
     finished = {r["round"]: r for r in read_jsonl_records(plan.run_dir / "rounds.jsonl")}
     table: dict[str, float] = {}
     with progress_bar() as bar:
-        bar_task = bar.add_task("seal rounds", total=cfg.seal.rounds)
+        bar_task = bar.add_task(f"seed {cfg.seed}: seal rounds", total=cfg.seal.rounds)
         with _inner_adapter(loaded, cfg):
             table.update({row: _table_row(loaded, plan, row, 0, bar) for row in BASE_ROWS})
         for r in range(1, cfg.seal.rounds + 1):
@@ -69,6 +122,8 @@ def run_seal(plan: SealPlan) -> dict:
                     _round(loaded, plan, r, bar)
                 _train_policy(loaded, plan, r)
             else:
+                from sdft.models import load_model
+
                 loaded = load_model(dataclasses.replace(cfg.model, name_or_path=str(_policy_dir(plan, r))))
             with _inner_adapter(loaded, cfg):
                 table[f"seal_round_{r}"] = _table_row(loaded, plan, "seal", r, bar)
@@ -77,8 +132,7 @@ def run_seal(plan: SealPlan) -> dict:
                 append_jsonl(plan.run_dir / "rounds.jsonl", [finished[r]])
             bar.advance(bar_task)
     results = {
-        "world": cfg.seal.source, "model": cfg.model.name_or_path, "template": cfg.seal.template, "k": cfg.seal.k,
-        "seed": cfg.seed, "metric": "strict accuracy on the held-out passages' questions, asked without the passage",
+        "world": cfg.seal.source, "seed": cfg.seed,
         "seal_table": _in_table_order(table), "rounds": [finished[r] for r in sorted(finished)],
         "train_passages": [p.title for p in plan.train], "held_out_passages": [p.title for p in plan.held_out],
     }
@@ -105,11 +159,11 @@ def _inner_adapter(loaded, cfg: Config) -> Iterator[None]:
         loaded.model = loaded.model.base_model.unload()
 
 
-def _policy_dir(plan: SealPlan, r: int) -> Path:
+def _policy_dir(plan: SeedRun, r: int) -> Path:
     return plan.run_dir / "rounds" / f"round-{r}" / "policy"
 
 
-def _edits_path(plan: SealPlan, r: int) -> Path:
+def _edits_path(plan: SeedRun, r: int) -> Path:
     return plan.run_dir / "rounds" / f"round-{r}" / "self_edits.jsonl"
 
 
@@ -120,7 +174,7 @@ def _seed(cfg: Config, *parts) -> int:
     return int(hashlib.sha256(repr((cfg.seed, *parts)).encode()).hexdigest()[:8], 16)
 
 
-def _round(loaded, plan: SealPlan, r: int, bar) -> None:
+def _round(loaded, plan: SeedRun, r: int, bar) -> None:
     """Round r's inner loop: for every training passage not yet recorded, k self-edits, each scored."""
     from sdft.methods.seal import (
         answer_accuracy,
@@ -146,7 +200,7 @@ def _round(loaded, plan: SealPlan, r: int, bar) -> None:
         bar.advance(task)
 
 
-def _train_policy(loaded, plan: SealPlan, r: int) -> None:
+def _train_policy(loaded, plan: SeedRun, r: int) -> None:
     """ReST-EM's SFT on round r's kept self-edits, merged and saved as round r's policy; no kept self-edit leaves the
     policy as it was (saved all the same, so that the round counts as done)."""
     from sdft.adapters import merge_and_save
@@ -168,7 +222,7 @@ def _train_policy(loaded, plan: SealPlan, r: int) -> None:
                                                               loaded.tokenizer.save_pretrained(str(tmp))))
 
 
-def _round_summary(plan: SealPlan, r: int) -> dict:
+def _round_summary(plan: SeedRun, r: int) -> dict:
     """rounds.jsonl's line for round r, from its records (so a resumed round sums every session's seconds)."""
     from sdft.runs import read_json
 
@@ -186,7 +240,7 @@ def _round_summary(plan: SealPlan, r: int) -> dict:
             "seconds": sum(rec["seconds"] for rec in records) + sft.get("seconds", 0.0)}
 
 
-def _table_row(loaded, plan: SealPlan, row: str, r: int, bar) -> float:
+def _table_row(loaded, plan: SeedRun, row: str, r: int, bar) -> float:
     """One row of the evaluation table: mean strict accuracy over the held-out passages, one update per passage.
     `seal` rows use the current policy's self-edits (round r), base_self_edits the policy before any round."""
     from sdft.methods.seal import (
@@ -226,13 +280,27 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def seal_lines(results: dict) -> str:
+    """The command's summary: the table and the rounds' rewards, means over the seeds with 95% half-widths."""
+    def cell(value, half):
+        return f"{value:.3f}" + (f" ± {half:.3f}" if half is not None else "")
+
+    seeds = ", ".join(map(str, results["seeds"]))
+    lines = [f"{results['world']} world, {results['model']}; strict accuracy, means over seeds {seeds}:"]
+    lines += [f"  {row:16} {cell(v, results['seal_table_ci95'][row])}" for row, v in results["seal_table"].items()]
+    lines += [f"  round {r['round']}: mean reward {cell(r['mean_reward'], r['mean_reward_ci95'])}, positive share "
+              f"{r['positive_share']:.2f}" for r in results["rounds"]]
+    return "\n".join(lines)
+
+
 def dry_run_lines(plan: SealPlan) -> list[str]:
     """What `sdft seal --dry-run` prints: the checked passages and the plan, from the config alone (no model)."""
-    seal = plan.cfg.seal
-    questions = sum(len(p.questions) for p in plan.train + plan.held_out)
+    seal, first = plan.cfg.seal, plan.seeds[0]
+    questions = sum(len(p.questions) for p in first.train + first.held_out)
     return [(f"source {seal.source} (world {seal.source}), model {plan.cfg.model.name_or_path}, questions from split "
             f"'{seal.question_split}'"),
-            f"passages: {len(plan.train)} to train on, {len(plan.held_out)} held out ({questions} questions)",
+            (f"passages: {len(first.train)} to train on, {len(first.held_out)} held out, {questions} questions in all; split "
+             f"anew for each of the seeds {', '.join(map(str, seal.seeds))}"),
             (f"per round: {seal.k} self-edits per passage ({seal.template}, temperature {seal.sampling.temperature:g}, "
             f"top-p {seal.sampling.top_p:g}), each fitted {seal.eval_times} times (LoRA r {seal.inner_lora.r}, "
             f"{seal.inner_epochs} epochs, lr {seal.inner_learning_rate:g}, batch {seal.inner_batch_size})"),

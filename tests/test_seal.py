@@ -66,7 +66,8 @@ def test_the_config_names_every_template_and_no_other():
 
 
 @pytest.mark.parametrize("override,message", [("seal.k=0", "seal.k must be >= 1"),
-                                              ("seal.template=summary", "unknown template 'summary'")])
+                                              ("seal.template=summary", "unknown template 'summary'"),
+                                              ("seal.seeds=[1,1]", "seal.seeds must name at least one seed, each once")])
 def test_bad_settings_are_one_line_before_any_model_loads(override, message):
     with pytest.raises(UserError, match=message):
         load_config(None, [override])
@@ -186,19 +187,35 @@ def test_rounds_count_empty_self_edits_train_the_policy_and_resume(tiny_model_di
     cfg = tiny(tiny_model_dir)
     tokenizer = load_model(cfg.model).tokenizer
     whole = run(cfg, tmp_path / "whole", monkeypatch, tokenizer)
-    first = whole["rounds"][0]
+    first = whole["per_seed"]["0"]["rounds"][0]
     assert first["empty_self_edits"] == 2 and first["positive_share"] == 1.0 and first["sft"]["examples"] == 2
     assert first["mean_reward"] == 0.5 and set(whole["seal_table"]) == {
         "no_update", "passage_only", "base_self_edits", "oracle", "seal_round_1", "seal_round_2"}
-    assert (tmp_path / "whole" / "rounds" / "round-2" / "policy" / "model.safetensors").is_file()
+    assert (tmp_path / "whole" / "seed-0" / "rounds" / "round-2" / "policy" / "model.safetensors").is_file()
     with pytest.raises(KeyboardInterrupt):  # stopped in round 1's second passage (after the table's 1 + 2 scores)
         run(cfg, tmp_path / "cut", monkeypatch, tokenizer, stop_after=4)
-    assert len(read_jsonl_records(tmp_path / "cut" / "rounds" / "round-1" / "self_edits.jsonl")) == 1
+    assert len(read_jsonl_records(tmp_path / "cut" / "seed-0" / "rounds" / "round-1" / "self_edits.jsonl")) == 1
     resumed = run(cfg, tmp_path / "cut", monkeypatch, tokenizer)
     for path in ("rounds/round-1/self_edits.jsonl", "rounds/round-2/self_edits.jsonl", "table/seal_round_2.jsonl"):
-        assert without_seconds(read_jsonl_records(tmp_path / "cut" / path)) == without_seconds(
-            read_jsonl_records(tmp_path / "whole" / path))
+        assert without_seconds(read_jsonl_records(tmp_path / "cut" / "seed-0" / path)) == without_seconds(
+            read_jsonl_records(tmp_path / "whole" / "seed-0" / path))
     assert resumed["seal_table"] == whole["seal_table"]
+
+
+def test_the_table_and_rounds_are_means_over_the_seeds_with_intervals():
+    from sdft.metrics import mean_ci95
+    from sdft.seal_run import seed_means
+
+    seeds = [{"seal_table": {"no_update": a, "seal_round_1": b}, "rounds": [{"round": 1, "mean_reward": c, "sft": {}}]}
+             for a, b, c in ((0.0, 0.5, 0.1), (0.2, 0.25, 0.3), (0.1, 0.0, 0.2))]
+    means = seed_means(seeds)
+    assert means["seal_table"]["no_update"] == pytest.approx(0.1)
+    assert means["seal_table"]["seal_round_1"] == pytest.approx(0.25)
+    assert means["seal_table_ci95"]["seal_round_1"] == pytest.approx(mean_ci95([0.5, 0.25, 0.0])[1])
+    assert means["seal_table_ci95"]["seal_round_1"] == pytest.approx(4.303 * 0.25 / 3 ** 0.5, rel=1e-3)
+    assert means["rounds"] == [{"round": 1, "mean_reward": pytest.approx(0.2),
+                                "mean_reward_ci95": pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)}]
+    assert seed_means(seeds[:1])["seal_table_ci95"]["no_update"] is None
 
 
 @pytest.mark.slow
@@ -214,13 +231,14 @@ def test_sdft_seal_end_to_end_on_the_embedded_world(tmp_path):
     first = CliRunner().invoke(app, args, prog_name="sdft")
     assert first.exit_code == 0, first.output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["seeds"] == [0] and list(results["per_seed"]) == ["0"]
     assert list(results["seal_table"]) == ["no_update", "passage_only", "base_self_edits", "seal_round_1",
                                            "seal_round_2", "oracle"]
     assert [r["round"] for r in results["rounds"]] == [1, 2] and all(r["self_edits"] == 4 for r in results["rounds"])
     for r in (1, 2):
-        assert (tmp_path / "run" / "rounds" / f"round-{r}" / "policy" / "model.safetensors").is_file()
-        assert len(read_jsonl_records(tmp_path / "run" / "rounds" / f"round-{r}" / "self_edits.jsonl")) == 2
-    stamp = (tmp_path / "run" / "rounds.jsonl").stat().st_mtime_ns
+        assert (tmp_path / "run" / "seed-0" / "rounds" / f"round-{r}" / "policy" / "model.safetensors").is_file()
+        assert len(read_jsonl_records(tmp_path / "run" / "seed-0" / "rounds" / f"round-{r}" / "self_edits.jsonl")) == 2
+    stamp = (tmp_path / "run" / "seed-0" / "rounds.jsonl").stat().st_mtime_ns
     again = CliRunner().invoke(app, args, prog_name="sdft")
     assert again.exit_code == 0 and json.loads((tmp_path / "run" / "results.json").read_text())["seal_table"] == \
-        results["seal_table"] and (tmp_path / "run" / "rounds.jsonl").stat().st_mtime_ns == stamp
+        results["seal_table"] and (tmp_path / "run" / "seed-0" / "rounds.jsonl").stat().st_mtime_ns == stamp

@@ -77,6 +77,9 @@ class SealConfig:
     """paper: 2"""
     outer_batch_size: int = 1
     """ours (the paper does not give it)"""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Runs of the whole experiment, each with its own passage split, self-edits and fits; results.json holds the
+    means with 95% half-widths (ours: the paper reports one run)."""
 
 
 def seal_checks(seal: SealConfig) -> list[tuple[bool, str]]:
@@ -93,6 +96,8 @@ def seal_checks(seal: SealConfig) -> list[tuple[bool, str]]:
          ("seal.inner_epochs, inner_batch_size, eval_times, outer_epochs, outer_batch_size and max_self_edit_tokens "
          "must be >= 1")),
         (seal.rounds < 0, "seal.rounds must be >= 0"),
+        (not seal.seeds or len(set(seal.seeds)) != len(seal.seeds),
+         f"seal.seeds must name at least one seed, each once; got {seal.seeds}"),
         (seal.inner_learning_rate <= 0 or seal.outer_learning_rate <= 0,
          "seal.inner_learning_rate and seal.outer_learning_rate must be > 0"),
         (not (seal.inner_lora.enabled and seal.outer_lora.enabled) or min(seal.inner_lora.r, seal.outer_lora.r) < 1,
