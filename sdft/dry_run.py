@@ -264,7 +264,9 @@ def length_lines(cfg: Config, task, tokenizer) -> tuple[list[str], list[str]]:
 def _stage_plan(cfg: Config, task, shapes: ModelShapes | str, tokenizer, processes: int = 1) -> StagePlan:
     train, method = cfg.train, method_of(cfg)
     units = method.count_units(cfg, task, tokenizer) if task is not None else None
-    if train.epochs is None:
+    if method.steps_line is not None:
+        steps, how = None, method.steps_line(cfg)
+    elif train.epochs is None:
         steps, how = train.steps, f"{train.steps} (train.steps)"
     elif units is None:
         steps, how = None, f"{train.epochs:g} epochs x {method.unit} / {train.batch_size} ({method.unit} known once the data is read)"

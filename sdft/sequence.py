@@ -140,7 +140,8 @@ def run_chain(plan: SequencePlan, method: str, seed: int, base: dict) -> list[di
         process_state(model_cfg).wait_for_everyone()  # the previous stage's row.json and model are written
         console.rule(f"[bold]{method}[/] seed {seed}: stage {k}/{len(plan.tasks)}, {task.name}")
         rows.append(_cached_row(stage_dir / "row.json", lambda: _train_stage(plan, method, seed, task, stage_dir, model_cfg)))
-        model_cfg = dataclasses.replace(model_cfg, name_or_path=str(_stage_model_dir(plan.cfg, stage_dir)), revision=None)
+        stage = stage_config(plan.cfg, task.name, method, seed)  # the stage's own lora (method_overrides may change it)
+        model_cfg = dataclasses.replace(model_cfg, name_or_path=str(_stage_model_dir(stage, stage_dir)), revision=None)
     return rows
 
 

@@ -83,6 +83,9 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
         ("sft_reinvoke" in (train.method, *cfg.sequence.methods) and not (train.reinvoke.tasks or ev.general),
          "train.method sft_reinvoke distils on general prompts, and both train.reinvoke.tasks and eval.general are "
          "empty: name a task whose prompts to use, e.g. --set train.reinvoke.tasks=[my_chat_prompts]"),
+        (train.method == "seal" and cfg.lora.enabled,
+         "train.method seal fits its own adapter per self-edit (seal.inner_lora) and merges it: set lora.enabled: false "
+         "for it (in a sequence: sequence.method_overrides.seal: {lora.enabled: false})"),
         (cfg.lora.enabled and cfg.lora.r < 1, "lora.r must be >= 1"),
         (not cfg.tasks, "tasks must name at least one task"),
         (not cfg.sequence.methods or not cfg.sequence.seeds, "sequence.methods and sequence.seeds must not be empty"),

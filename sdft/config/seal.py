@@ -77,6 +77,10 @@ class SealConfig:
     """paper: 2"""
     outer_batch_size: int = 1
     """ours (the paper does not give it)"""
+    writer: str | None = None
+    """`train.method: seal` (one self-edit per article, fitted and merged; the continual experiment): the model that
+    writes the self-edits, e.g. a `sdft seal` run's seed-0/rounds/round-2/policy. None: the model being updated
+    writes its own (the paper's setting, where the SEAL-trained model is the one updated)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Runs of the whole experiment, each with its own passage split, self-edits and fits; results.json holds the
     means with 95% half-widths (ours: the paper reports one run)."""

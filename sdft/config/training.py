@@ -9,7 +9,7 @@ from sdft.config.sections import SamplingConfig
 from sdft.errors import UserError
 from sdft.suggest import did_you_mean
 
-METHOD_NAMES = ("sdft", "sft", "dft", "cpt", "sft_reinvoke")
+METHOD_NAMES = ("sdft", "sft", "dft", "cpt", "sft_reinvoke", "seal")
 """What train.method accepts; sdft/methods/registry.py says what each one is (a test checks they agree)."""
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "sampled_token")
 TOPK_SOURCES = ("teacher", "student")
@@ -96,7 +96,7 @@ class TrainConfig:
     """One training stage: learn `task` with `method`. Defaults suit the embedded world on a CPU;
     configs/paper/*.yaml hold the published settings."""
 
-    method: Literal["sdft", "sft", "dft", "cpt", "sft_reinvoke"] = "sdft"
+    method: Literal["sdft", "sft", "dft", "cpt", "sft_reinvoke", "seal"] = "sdft"
     """sdft: on-policy self-distillation; sft: next-token loss on the demonstration; dft: SFT with each
     token's loss weighted by its detached probability (Dynamic Fine-Tuning); cpt: continued pre-training,
     next-token loss on the task's raw corpus (tasks that have one: knowledge); sft_reinvoke: SFT, then on-policy
@@ -168,7 +168,7 @@ class TrainConfig:
 class SequenceConfig:
     """`sdft sequence`: chains of stages, one chain per method and seed."""
 
-    methods: list[Literal["sdft", "sft", "dft", "sft_reinvoke", "cpt"]] = field(default_factory=lambda: ["sdft", "sft"])
+    methods: list[Literal["sdft", "sft", "dft", "sft_reinvoke", "cpt", "seal"]] = field(default_factory=lambda: ["sdft", "sft"])
     """Each method trains its own chain on the same tasks, data and seeds (cpt: tasks with a raw corpus)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Several seeds give a mean and a 95% confidence interval for every cell and metric."""

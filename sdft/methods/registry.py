@@ -45,6 +45,22 @@ def _train_sft_reinvoke(stage):
     return train_sft_reinvoke(stage)
 
 
+def _train_seal(stage):
+    from sdft.methods.seal import train_seal
+
+    return train_seal(stage)
+
+
+def _articles(cfg: Config, task, tokenizer) -> int:
+    return len(task.extra.get("articles", {}))
+
+
+def _seal_steps(cfg: Config) -> str:
+    s = cfg.seal
+    return (f"per article ceil({s.inner_epochs} epochs x (the article + each self-edit line) / {s.inner_batch_size}) "
+            "(seal.inner_*; train.steps does not apply; the lines are known once the self-edit is written)")
+
+
 def _rows(cfg: Config, task, tokenizer) -> int:
     return len(task.rows(cfg.train.split, cfg.train.max_rows))
 
@@ -97,6 +113,8 @@ class Method:
     """The dry run's tokens-per-step line."""
     hf_loss_type: str | None = None
     """TRL's SFTTrainer loss_type for the methods trained by the Hugging Face session."""
+    steps_line: Callable[[Config], str] | None = None
+    """The dry run's optimizer-steps line for a method whose steps are not train.steps / train.epochs (None: those)."""
 
     def teacher_kind(self, cfg: TrainConfig) -> str | None:
         """frozen / ema / live, or None for a method without a teacher."""
@@ -138,6 +156,11 @@ METHODS: dict[str, Method] = {
                            count_units=_rows, caps=("prompt", "completion"), teacher="frozen", logits_copies=3,
                            sequence_tokens=_prompt_and_completion, tokens_per_step=_sft_then_rollout_tokens,
                            hf_loss_type="nll"),
+    "seal": Method("seal", "SEAL's update: per article the model writes a self-edit, an adapter (seal.inner_lora) is "
+                   "fitted on it + the article and merged", trainers={"native": _train_seal}, unit="articles",
+                   count_units=_articles, caps=(), teacher=None, logits_copies=1,
+                   sequence_tokens=lambda t: t.max_completion_tokens, steps_line=_seal_steps,
+                   tokens_per_step=lambda t: "seal.inner_batch_size sequences (the article, or a self-edit line)"),
 }
 
 

@@ -8,6 +8,7 @@ itself never changes here except in `outer_sft`. The orchestration (rounds, reco
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from sdft.config import SamplingConfig
 from sdft.config.seal import SealConfig
 from sdft.generation import Generation, generate_texts
 from sdft.methods.fit import Example, FitResult, examples_from_pairs, fit_adapter
+from sdft.methods.harness import StageResult
 from sdft.prompts import render_prompt
 from sdft.scoring import get_scorer
 from sdft.tasks.articles import ORACLE_TEMPLATE, SELF_EDIT_TEMPLATES
@@ -134,3 +136,50 @@ def outer_sft(loaded, pairs: Sequence[tuple[str, str]], seal: SealConfig, seed: 
     steps = math.ceil(seal.outer_epochs * len(examples) / seal.outer_batch_size)
     fit = fit_adapter(wrapped, loaded.tokenizer, examples, steps, seal.outer_learning_rate, seal.outer_batch_size, seed)
     return wrapped, fit
+
+
+def train_seal(stage) -> StageResult:
+    """`train.method: seal`, SEAL's update on a task's articles (METHOD.md 3.3, the continual self-edit experiment):
+    for each article in turn the writer (`seal.writer`, or the model itself) writes one self-edit (seal.template,
+    seal.sampling), an adapter (seal.inner_lora) is fitted on the article + the self-edit's lines exactly as the
+    inner loop fits the self-edits it rewards (seal.inner_epochs, inner_learning_rate, inner_batch_size), and merged
+    before the next article. train.steps and train.learning_rate do not apply: the update is the one SEAL's reward
+    selects self-edits for. The self-edits are recorded in the stage's self_edits.jsonl; the merged model is saved
+    whole in model/. A stage stopped midway starts again (its draws are seeded: the rerun is the same)."""
+    import dataclasses
+
+    from sdft.files import atomic_write_text
+    from sdft.methods.harness import save_model
+    from sdft.models import load_model
+    from sdft.tasks.passages import passages_of
+
+    cfg, seal, loaded = stage.cfg, stage.cfg.seal, stage.loaded
+    writer = loaded if seal.writer is None else load_model(
+        dataclasses.replace(cfg.model, name_or_path=seal.writer, revision=None))
+    records, steps = [], 0
+    for passage in passages_of(stage.task, cfg.train.split):
+        seed = _stage_seed(cfg.seed, passage.title)
+        [generation] = sample_self_edits(writer, passage, seal, 1, seed)
+        lines = self_edit_lines(generation.text)
+        examples = inner_examples(loaded.tokenizer, passage, lines)
+        fit_steps = math.ceil(seal.inner_epochs * len(examples) / seal.inner_batch_size)
+        loaded.model = wrap_with_lora(loaded.model, seal.inner_lora, seed)
+        fit = fit_adapter(loaded.model, loaded.tokenizer, examples, fit_steps, seal.inner_learning_rate,
+                          seal.inner_batch_size, seed)
+        loaded.model = loaded.model.merge_and_unload()
+        steps += fit_steps
+        records.append({"title": passage.title, "self_edit": generation.text, "lines": len(lines),
+                        "empty": not lines, "hit_cap": generation.hit_cap, "steps": fit_steps,
+                        "loss_before": fit.loss_before, "loss_after": fit.loss_after, "seconds": fit.seconds})
+    atomic_write_text(stage.run_dir / "self_edits.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    metrics = {"articles": len(records), "empty_self_edits": sum(r["empty"] for r in records),
+               "self_edit_lines": sum(r["lines"] for r in records),
+               "loss_after": sum(r["loss_after"] for r in records) / max(len(records), 1)}
+    return StageResult(steps, metrics, save_model(loaded.model, loaded.tokenizer, stage.model_dir))
+
+
+def _stage_seed(seed: int, title: str) -> int:
+    """The draws of one article's update, fixed by the run's seed and the article (a rerun draws the same)."""
+    import hashlib
+
+    return int(hashlib.sha256(f"seal-update\n{seed}\n{title}".encode()).hexdigest()[:8], 16)

@@ -20,6 +20,22 @@ class Passage:
     """A name in sdft.scoring.SCORERS: how an answer is graded (the task's own scorer)."""
 
 
+def passages_of(task, split: str) -> list[Passage]:
+    """A knowledge task's articles (in the order of `extra["articles"]`), each with the questions of `split` that ask
+    about it, graded by the task's scorer. An article without questions in the split keeps an empty tuple (the
+    caller decides whether that is an error)."""
+    articles = task.extra.get("articles")
+    if not articles:
+        raise UserError(f"task '{task.name}' has no articles: SEAL writes self-edits for a knowledge task's articles")
+    questions: dict[str, list[tuple[str, str]]] = {title: [] for title in articles}
+    for row in task.split(split):
+        if row.article not in questions:
+            raise UserError(f"task '{task.name}': a question in split '{split}' is about {row.article!r}, which is "
+                            "not one of its articles")
+        questions[row.article].append((row.question or row.prompt, row.answer))
+    return [Passage(title, text, tuple(questions[title]), task.scorer) for title, text in articles.items()]
+
+
 def embedded_passages(question_split: str) -> list[Passage]:
     """The embedded knowledge world's task events: each article with its questions in `question_split`, graded as the
     knowledge task grades them (strict)."""
@@ -28,8 +44,7 @@ def embedded_passages(question_split: str) -> list[Passage]:
     if question_split not in world.SPLITS:
         raise UserError(f"seal.question_split: the embedded knowledge task has no split '{question_split}' "
                         f"(it has: {', '.join(world.SPLITS)})")
-    return [Passage(e.title, world.article(e), tuple(world.questions(e, question_split)), "knowledge")
-            for e in world.events("task", world.VERSION)]
+    return passages_of(world.load_embedded_knowledge(), question_split)
 
 
 def load_passages(seal) -> list[Passage]:

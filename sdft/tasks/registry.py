@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 
 from sdft.errors import UserError
 from sdft.suggest import did_you_mean
+from sdft.tasks.articles import ARTICLE_SEPARATOR, article_view
 from sdft.tasks.custom import load_custom_task, read_custom_task_file
 from sdft.tasks.spec import TaskSpec
 
@@ -39,16 +40,26 @@ def task_registry(custom_files: Iterable[str] = (), sources: dict | None = None)
     return registry
 
 
+def loader_of(name: str, registry: dict[str, TaskLoader]) -> TaskLoader:
+    """The loader of `name`: a registered task, or `<task>@N`, the N-th article of a knowledge task
+    (sdft/tasks/articles.py article_view; whether the task has that article is checked when it loads)."""
+    if name in registry:
+        return registry[name]
+    base, separator, index = name.rpartition(ARTICLE_SEPARATOR)
+    if separator and base in registry and index.isdigit():
+        return partial(article_view, registry[base], int(index))
+    raise UserError(f"unknown task '{name}'{did_you_mean(name, registry)}; `sdft tasks` lists the known ones"
+                    f" (and <knowledge task>{ARTICLE_SEPARATOR}N names one article)")
+
+
 def require_known(names: Iterable[str], registry: dict[str, TaskLoader]) -> None:
     """Fail on the first unknown name, with a did-you-mean, before anything is loaded."""
     for name in names:
-        if name in registry:
-            continue
-        raise UserError(f"unknown task '{name}'{did_you_mean(name, registry)}; `sdft tasks` lists the known ones")
+        loader_of(name, registry)
 
 
 def load_tasks(names: Iterable[str], registry: dict[str, TaskLoader]) -> list[TaskSpec]:
     """Load several tasks, checking every name before loading any."""
     names = list(names)
     require_known(names, registry)
-    return [registry[name]() for name in names]
+    return [loader_of(name, registry)() for name in names]

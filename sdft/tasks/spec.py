@@ -19,6 +19,8 @@ class Row:
     demos: a few-shot instance's demonstration pairs ((input, output), ...), the prompt being its query's input;
         () for an ordinary row (sdft/tasks/fewshot.py builds few-shot rows, sdft/inference/ answers them).
     instruction: a few-shot instance's task instruction, placed before its demos; None = none.
+    article: for a knowledge task, the title of the article the question is about (a task's `extra["articles"]`
+        holds the texts); None for other tasks.
     """
 
     prompt: str
@@ -28,6 +30,7 @@ class Row:
     question: str | None = None
     demos: tuple[tuple[str, str], ...] = ()
     instruction: str | None = None
+    article: str | None = None
 
 
 @dataclass(frozen=True)

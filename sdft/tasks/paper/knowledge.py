@@ -38,7 +38,9 @@ def load_knowledge(src: TaskSourceConfig, oracle: bool = False) -> TaskSpec:
         split = text_of(record, "split", where[1], number)
         splits.setdefault(split, []).append(_row(record, articles, src, oracle, where[1], number))
     name = "knowledge_oracle" if oracle else "knowledge"
-    extra = {"world": "paper"} if oracle else {"world": "paper", "corpus": corpus(articles)}
+    extra = {"world": "paper", "articles": articles}
+    if not oracle:
+        extra["corpus"] = corpus(articles)
     what = "the article in the prompt (oracle context)" if oracle else f"teacher context: {src.teacher_context}"
     # The teacher context changes the demonstrations (a teacher-prompt evaluation's cache must see that).
     version = PAPER_VERSION if oracle else f"{PAPER_VERSION}+{src.teacher_context}"
