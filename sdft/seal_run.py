@@ -19,13 +19,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdft.claim import Claim, claim_continuing
 from sdft.config import Config
 from sdft.console import progress_bar
+from sdft.errors import UserError
+from sdft.eval_service import JUDGE_CACHE_DIR
+from sdft.judge import judge_problem, make_judge
+from sdft.scoring import is_judged
 from sdft.files import append_jsonl, atomic_write_json, read_jsonl_records
 from sdft.runs import write_run_header
 from sdft.tasks.passages import Passage, load_passages, split_passages
+
+if TYPE_CHECKING:
+    from sdft.methods.seal import Answering
 
 BASE_ROWS = ("no_update", "passage_only", "base_self_edits", "oracle")
 """The table rows measured on the policy before any round (the paper's baselines); seal_round_<r> after round r."""
@@ -40,6 +48,8 @@ class SeedRun:
     held_out: list[Passage]
     run_dir: Path | None
     """seed-<s>/ in the run folder (None for a dry run)."""
+    answering: Answering
+    """How the questions are answered and graded (the run's one judge, when the passages need one)."""
 
 
 @dataclass
@@ -57,13 +67,21 @@ class SealPlan:
 
 def plan_seal(cfg: Config, output: str | Path | None, dry_run: bool = False) -> SealPlan:
     """Everything checked that can be without the model (the config, every passage has questions, the split)."""
+    from sdft.methods.seal import Answering
+
     seal, passages = cfg.seal, load_passages(cfg.seal)
+    judged = sorted({p.scorer for p in passages if is_judged(p.scorer)})
+    problem = judge_problem(cfg.eval.judge) if judged else None
+    if problem:
+        raise UserError(f"seal: the passages are graded by an LLM judge ({', '.join(judged)}), but {problem}")
     claim = None if dry_run else claim_continuing(output, "seal", cfg)
+    judge = make_judge(cfg.eval.judge, Path(cfg.output_root) / JUDGE_CACHE_DIR) if judged and not dry_run else None
+    answering = Answering(cfg.eval.max_new_tokens, cfg.eval.batch_size, judge)
     runs = []
     for seed in seal.seeds:
         train, held_out = split_passages(passages, seal.train_passages, seal.held_out_passages, seed)
         folder = claim.run_dir / f"seed-{seed}" if claim else None
-        runs.append(SeedRun(dataclasses.replace(cfg, seed=seed), train, held_out, folder))
+        runs.append(SeedRun(dataclasses.replace(cfg, seed=seed), train, held_out, folder, answering))
     return SealPlan(cfg, runs, claim)
 
 
@@ -190,10 +208,10 @@ def _round(loaded, plan: SeedRun, r: int, bar) -> None:
         if passage.title in done:
             continue
         started = time.perf_counter()
-        baseline = answer_accuracy(loaded, passage, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        baseline = answer_accuracy(loaded, passage, plan.answering)
         generations = sample_self_edits(loaded, passage, seal, seal.k, _seed(cfg, "round", r, passage.title))
         scored = [score_self_edit(loaded, passage, g, baseline, seal, _seed(cfg, "fit", passage.title),
-                                  cfg.eval.max_new_tokens, cfg.eval.batch_size) for g in generations]
+                                  plan.answering) for g in generations]
         append_jsonl(path, [{"title": passage.title, "baseline": baseline, "self_edits": [s.record() for s in scored],
                              "best": best_self_edit([s.reward for s in scored]),
                              "seconds": time.perf_counter() - started}])
@@ -255,19 +273,19 @@ def _table_row(loaded, plan: SeedRun, row: str, r: int, bar) -> float:
     path = plan.run_dir / "table" / f"{name}.jsonl"
     records = {rec["title"]: rec for rec in read_jsonl_records(path)}
     task = bar.add_task(f"table: {name}", total=len(plan.held_out), completed=len(records))
-    tokens, batch = cfg.eval.max_new_tokens, cfg.eval.batch_size
+    answering = plan.answering
     for passage in plan.held_out:
         if passage.title in records:
             continue
         fit_seed, record = _seed(cfg, "fit", passage.title), {"title": passage.title}
         if row in ("no_update", "oracle"):
-            record["accuracy"] = answer_accuracy(loaded, passage, tokens, batch, oracle=row == "oracle")
+            record["accuracy"] = answer_accuracy(loaded, passage, answering, oracle=row == "oracle")
         elif row == "passage_only":
-            record["accuracy"] = updated_accuracy(loaded, passage, [], seal, fit_seed, tokens, batch)
+            record["accuracy"] = updated_accuracy(loaded, passage, [], seal, fit_seed, answering)
         else:
-            baseline = answer_accuracy(loaded, passage, tokens, batch)
+            baseline = answer_accuracy(loaded, passage, answering)
             [generation] = sample_self_edits(loaded, passage, seal, 1, _seed(cfg, "table", r, passage.title))
-            scored = score_self_edit(loaded, passage, generation, baseline, seal, fit_seed, tokens, batch)
+            scored = score_self_edit(loaded, passage, generation, baseline, seal, fit_seed, answering)
             record.update(accuracy=scored.accuracy, self_edit=scored.record(), no_update=baseline)
         append_jsonl(path, [record])
         records[passage.title] = record

@@ -13,6 +13,7 @@ from sdft.tasks.registry import require_known, task_registry
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXPECTED = {"collm.yaml", "paper/collm.yaml", "default.yaml", "dft.yaml", "fsdp-cpu.yaml", "sdft.yaml", "sft.yaml",
             "sft_reinvoke.yaml", "ttt.yaml", "knowledge.yaml", "seal.yaml", "paper/knowledge.yaml",
+            "knowledge_stream.yaml", "paper/seal.yaml",
             "paper/medical.yaml", "paper/science.yaml", "paper/sequence.yaml", "paper/tools.yaml", "paper/ttt-bbh.yaml"}
 FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "accelerate")
 LAUNCH_CONFIGS = {"ddp.yaml": "MULTI_GPU", "fsdp2.yaml": "MULTI_GPU", "deepspeed-zero2.yaml": "DEEPSPEED",

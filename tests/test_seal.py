@@ -22,6 +22,7 @@ from sdft.files import read_jsonl_records
 from sdft.generation import Generation
 from sdft.methods import seal as seal_methods
 from sdft.methods.seal import (
+    Answering,
     best_self_edit,
     outer_sft,
     score_self_edit,
@@ -37,6 +38,7 @@ FAST = SealConfig(k=2, train_passages=2, held_out_passages=1, eval_times=1, inne
                   rounds=2, max_self_edit_tokens=8, outer_learning_rate=1e-2, outer_epochs=10)
 """Settings under which the tiny random model learns a fact its self-edit states four times (found by trying: 9 of 9
 fits across passages and seeds; the paper's lr 1e-3 moves a random 2-layer model too little)."""
+ANSWERING = Answering(max_new_tokens=6, batch_size=8)
 PASSAGES = [Passage(f"T{i}", f"Kel{i} hit Rom{i}.", ((f"Where did Kel{i} hit?", f"Rom{i}"),), "normalized")
             for i in range(3)]
 
@@ -95,16 +97,16 @@ def test_the_passage_split_is_seeded_and_disjoint():
 
 def test_a_useless_self_edit_earns_nothing_and_a_question_shaped_one_a_positive_reward(inner):
     passage = PASSAGES[0]
-    baseline = seal_methods.answer_accuracy(inner, passage, 6, 8)
-    useless = score_self_edit(inner, passage, Generation([], "aaa\nbbb", False), baseline, FAST, 0, 6, 8)
+    baseline = seal_methods.answer_accuracy(inner, passage, ANSWERING)
+    useless = score_self_edit(inner, passage, Generation([], "aaa\nbbb", False), baseline, FAST, 0, ANSWERING)
     useful = score_self_edit(inner, passage, Generation([], answer_line(inner.tokenizer, passage), False), baseline,
-                             FAST, 0, 6, 8)
+                             FAST, 0, ANSWERING)
     assert baseline == 0.0 and useless.reward == 0.0 and useful.reward == 1.0 and useful.accuracy == 1.0
 
 
 def test_an_empty_self_edit_is_a_no_op_with_reward_zero(inner, monkeypatch):
     monkeypatch.setattr(seal_methods, "fit_adapter", lambda *a, **k: pytest.fail("an empty self-edit was fitted"))
-    scored = score_self_edit(inner, PASSAGES[0], Generation([], " \n\n  ", False), 0.25, FAST, 0, 6, 8)
+    scored = score_self_edit(inner, PASSAGES[0], Generation([], " \n\n  ", False), 0.25, FAST, 0, ANSWERING)
     assert scored.empty and scored.reward == 0.0 and scored.accuracy == 0.25 and self_edit_lines(" a \n\nb") == ["a", "b"]
 
 
@@ -112,7 +114,7 @@ def test_the_reset_leaves_the_base_bit_identical(inner, tiny_model_dir):
     base = model_fingerprint(inner.model, skip=".lora_")
     fresh = {name: p.detach().clone() for name, p in adapter_parameters(inner.model).items()}
     score_self_edit(inner, PASSAGES[0], Generation([], answer_line(inner.tokenizer, PASSAGES[0]), False), 0.0, FAST, 0,
-                    6, 8)
+                    ANSWERING)
     assert model_fingerprint(inner.model, skip=".lora_") == base
     assert all(torch.equal(p, fresh[name]) for name, p in adapter_parameters(inner.model).items())
     plain = load_model(ModelConfig(name_or_path=str(tiny_model_dir))).model
@@ -242,3 +244,45 @@ def test_sdft_seal_end_to_end_on_the_embedded_world(tmp_path):
     again = CliRunner().invoke(app, args, prog_name="sdft")
     assert again.exit_code == 0 and json.loads((tmp_path / "run" / "results.json").read_text())["seal_table"] == \
         results["seal_table"] and (tmp_path / "run" / "seed-0" / "rounds.jsonl").stat().st_mtime_ns == stamp
+
+
+def release_file(tmp_path, items) -> Path:
+    import json
+
+    path = tmp_path / "squad_val.json"
+    path.write_text(json.dumps(items))
+    return path
+
+
+RELEASE_ITEMS = [{"title": f"Article {i}", "context": f"Text {i}.", "id": i,
+                  "questions": [{"question": f"Q{i}?", "answer": f"A{i}", "id": "x"}]} for i in range(4)]
+
+
+def test_the_paper_config_dry_runs_on_local_files_in_the_release_schema(tmp_path, monkeypatch):
+    for name, value in (("SDFT_JUDGE_URL", "http://127.0.0.1:9/v1"), ("SDFT_JUDGE_MODEL", "judge"),
+                        ("OPENAI_API_KEY", "k")):
+        monkeypatch.setenv(name, value)
+    path = release_file(tmp_path, RELEASE_ITEMS)
+    args = ["seal", str(Path(__file__).resolve().parent.parent / "configs" / "paper" / "seal.yaml"), "--dry-run",
+            "--set", f"seal.files=[{path}]", "--set", "seal.train_passages=3", "--set", "seal.held_out_passages=1"]
+    result = CliRunner().invoke(app, args, prog_name="sdft")
+    assert result.exit_code == 0, result.output
+    assert "passages: 3 to train on, 1 held out, 4 questions in all" in result.output
+    assert "Qwen/Qwen2.5-7B" in result.output and "each fitted 3 times" in result.output
+    passages = load_passages(SealConfig(source="local", files=[str(path)]))
+    assert passages[2].questions == (("Q2?", "A2"),) and passages[2].scorer == "judge_knowledge"
+    monkeypatch.delenv("SDFT_JUDGE_MODEL")
+    refused = CliRunner().invoke(app, args, prog_name="sdft")
+    assert refused.exit_code == 1 and "graded by an LLM judge (judge_knowledge), but eval.judge.model" in refused.output
+
+
+@pytest.mark.parametrize("items,message", [
+    ({"title": "x"}, "expected a JSON list of passages"),
+    ([{"title": "T", "context": "C", "questions": [{"question": "Q?"}]}], "item 1, question 1: 'answer' must be"),
+    ([{"title": "T", "context": "", "questions": []}], "item 1: 'context' must be a non-empty string"),
+    ([{"title": "T", "context": "C"}], "item 1: 'questions' must be a list"),
+    ([{"title": "T", "context": "C", "questions": []}], "the passage 'T' has no questions"),
+])
+def test_a_malformed_release_file_is_one_line_naming_the_item(tmp_path, items, message):
+    with pytest.raises(UserError, match=message):
+        load_passages(SealConfig(source="local", files=[str(release_file(tmp_path, items))], scorer="normalized"))

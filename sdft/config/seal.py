@@ -35,9 +35,15 @@ def _outer_lora() -> LoraConfig:
 class SealConfig:
     """Passages, self-edits, the inner update that scores them, and the ReST-EM rounds that learn from them."""
 
-    source: Literal["embedded"] = "embedded"
+    source: Literal["embedded", "local"] = "embedded"
     """Where passages come from. embedded: the knowledge world's task events (sdft/tasks/knowledge_world.py), each
-    article with its questions. (The SEAL release's SQuAD-derived files are not read yet.)"""
+    article with its questions. local: `files`, in the SEAL release's SQuAD-derived schema (sdft/tasks/passages.py)."""
+    files: list[str] = field(default_factory=list)
+    """source local: JSON files, each a list of {"title", "context", "questions": [{"question", "answer"}, ...]} (the
+    SEAL release's knowledge-incorporation data; other keys are ignored). Read in order; titles must be unique."""
+    scorer: str = "judge_knowledge"
+    """source local: how an answer is graded, a name of sdft.scoring (paper and SEAL code: an LLM judge's yes/no
+    against the gold answer, `judge_knowledge`, which needs eval.judge; e.g. `normalized` for exact match)."""
     question_split: str = "test"
     """Which of the knowledge task's splits asks each passage's questions (ours: the embedded world's test phrasing,
     which no self-edit line uses, so a reward measures knowledge rather than a copied question)."""
@@ -90,6 +96,9 @@ def seal_checks(seal: SealConfig) -> list[tuple[bool, str]]:
     """Contradictions inside the section (root.py runs them with the others, before any model loads)."""
     return [
         (seal.k < 1, f"seal.k must be >= 1 (self-edits per passage), got {seal.k}"),
+        (seal.source == "local" and not seal.files, "seal.source local reads seal.files: name at least one JSON file"),
+        (seal.source == "embedded" and bool(seal.files), "seal.files are read with seal.source: local, not embedded"),
+        (not _known_scorer(seal.scorer), f"seal.scorer: unknown scorer '{seal.scorer}'"),
         (seal.template not in TEMPLATE_NAMES,
          f"seal.template: unknown template '{seal.template}'; known: {', '.join(TEMPLATE_NAMES)}"),
         (seal.sampling.temperature <= 0, "seal.sampling.temperature must be > 0: SEAL samples k different self-edits"),
@@ -107,3 +116,9 @@ def seal_checks(seal: SealConfig) -> list[tuple[bool, str]]:
         (not (seal.inner_lora.enabled and seal.outer_lora.enabled) or min(seal.inner_lora.r, seal.outer_lora.r) < 1,
          "seal.inner_lora and seal.outer_lora must be enabled with r >= 1: SEAL fits adapters"),
     ]
+
+
+def _known_scorer(name: str) -> bool:
+    from sdft.scoring import JUDGED, SCORERS
+
+    return name in SCORERS or name in JUDGED

@@ -20,7 +20,8 @@ from sdft.generation import Generation, generate_texts
 from sdft.methods.fit import Example, FitResult, examples_from_pairs, fit_adapter
 from sdft.methods.harness import StageResult
 from sdft.prompts import render_prompt
-from sdft.scoring import get_scorer
+from sdft.errors import UserError
+from sdft.scoring import JUDGED, get_scorer, is_judged
 from sdft.tasks.articles import ORACLE_TEMPLATE, SELF_EDIT_TEMPLATES
 from sdft.tasks.passages import Passage
 
@@ -79,22 +80,43 @@ def inner_examples(tokenizer, passage: Passage, lines: Sequence[str]) -> list[Ex
     return [{"input_ids": row, "labels": list(row)} for row in ids]
 
 
-def answer_accuracy(loaded, passage: Passage, max_new_tokens: int, batch_size: int, oracle: bool = False) -> float:
+@dataclass
+class Answering:
+    """How a passage's questions are answered and graded: greedily (the paper), at most `max_new_tokens` each,
+    `batch_size` at a time, graded by the passage's scorer; a judged scorer (the paper world's) by `judge`."""
+
+    max_new_tokens: int
+    batch_size: int
+    judge: object | None = None
+    """An sdft.judge.Judge, needed only when a passage's scorer is judged (sdft.scoring.JUDGED)."""
+
+    def grade(self, passage: Passage, answers: Sequence[str]) -> list[float]:
+        if not is_judged(passage.scorer):
+            scorer = get_scorer(passage.scorer)
+            return [float(scorer(a, ref)) for a, (_, ref) in zip(answers, passage.questions)]
+        if self.judge is None:
+            raise UserError(f"the passage {passage.title!r} is graded by a judge ({passage.scorer}): configure "
+                            "eval.judge")
+        items = [(q, ref, a) for a, (q, ref) in zip(answers, passage.questions)]
+        return [grade.score for grade in self.judge.grade_many(JUDGED[passage.scorer], items)]
+
+
+def answer_accuracy(loaded, passage: Passage, answering: Answering, oracle: bool = False) -> float:
     """Greedy answers to the passage's questions, graded by the passage's scorer: closed book (the bare question),
     or with the passage in the prompt (`oracle`, the knowledge task's oracle template)."""
     users = [ORACLE_TEMPLATE.format(title=passage.title, text=passage.text, question=q) if oracle else q
              for q, _ in passage.questions]
     prompts = [render_prompt(loaded.tokenizer, user) for user in users]
     answers: list[str] = [""] * len(prompts)
-    for indices, generations in generate_texts(loaded, prompts, GREEDY, max_new_tokens, batch_size=batch_size):
+    for indices, generations in generate_texts(loaded, prompts, GREEDY, answering.max_new_tokens,
+                                               batch_size=answering.batch_size):
         for i, (generation,) in zip(indices, generations):
             answers[i] = generation.text
-    scorer = get_scorer(passage.scorer)
-    return sum(scorer(a, ref) for a, (_, ref) in zip(answers, passage.questions)) / len(prompts)
+    return sum(answering.grade(passage, answers)) / len(prompts)
 
 
 def updated_accuracy(loaded, passage: Passage, lines: Sequence[str], seal: SealConfig, seed: int,
-                     max_new_tokens: int, batch_size: int) -> float:
+                     answering: Answering) -> float:
     """Closed-book accuracy after fitting the reset inner adapter on the passage + `lines`, averaged over
     `seal.eval_times` fits (fit i draws its data order from seed + i); the adapter is reset again afterwards."""
     examples = inner_examples(loaded.tokenizer, passage, lines)
@@ -104,19 +126,19 @@ def updated_accuracy(loaded, passage: Passage, lines: Sequence[str], seal: SealC
         reset_adapters(loaded.model)
         fit_adapter(loaded.model, loaded.tokenizer, examples, steps, seal.inner_learning_rate,
                     seal.inner_batch_size, seed + i)
-        accuracies.append(answer_accuracy(loaded, passage, max_new_tokens, batch_size))
+        accuracies.append(answer_accuracy(loaded, passage, answering))
     reset_adapters(loaded.model)
     return sum(accuracies) / len(accuracies)
 
 
 def score_self_edit(loaded, passage: Passage, generation: Generation, baseline: float, seal: SealConfig, seed: int,
-                    max_new_tokens: int, batch_size: int) -> Scored:
+                    answering: Answering) -> Scored:
     """A self-edit's reward: accuracy after its update minus `baseline` (the no-update accuracy). An empty self-edit
     (no line) is a no-op update with reward 0."""
     lines = self_edit_lines(generation.text)
     if not lines:
         return Scored(generation.text, [], generation.hit_cap, len(generation.token_ids), baseline, 0.0)
-    accuracy = updated_accuracy(loaded, passage, lines, seal, seed, max_new_tokens, batch_size)
+    accuracy = updated_accuracy(loaded, passage, lines, seal, seed, answering)
     return Scored(generation.text, lines, generation.hit_cap, len(generation.token_ids), accuracy, accuracy - baseline)
 
 

@@ -47,13 +47,55 @@ def embedded_passages(question_split: str) -> list[Passage]:
     return passages_of(world.load_embedded_knowledge(), question_split)
 
 
+def seal_release_passages(files, scorer: str) -> list[Passage]:
+    """Passages from JSON files in the SEAL release's SQuAD-derived schema: a list of {"title", "context",
+    "questions": [{"question", "answer"}, ...]} per file (other keys ignored). A malformed item is one line naming
+    the file, the item and the key."""
+    import json
+    from pathlib import Path
+
+    passages = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"seal.files: {path} does not exist")
+        try:
+            items = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{path}: not JSON ({err}); seal.files are JSON lists in the SEAL release's schema") from None
+        if not isinstance(items, list):
+            raise UserError(f"{path}: expected a JSON list of passages, got {type(items).__name__}")
+        for number, item in enumerate(items, start=1):
+            passages.append(_release_passage(item, f"{path}: item {number}", scorer))
+    return passages
+
+
+def _release_passage(item, where: str, scorer: str) -> Passage:
+    def text(record, key: str, place: str) -> str:
+        value = record.get(key) if isinstance(record, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{place}: '{key}' must be a non-empty string")
+        return value
+
+    questions = item.get("questions") if isinstance(item, dict) else None
+    if not isinstance(questions, list):
+        raise UserError(f"{where}: 'questions' must be a list of {{question, answer}}")
+    pairs = tuple((text(q, "question", f"{where}, question {i}"), text(q, "answer", f"{where}, question {i}"))
+                  for i, q in enumerate(questions, start=1))
+    return Passage(text(item, "title", where), text(item, "context", where), pairs, scorer)
+
+
 def load_passages(seal) -> list[Passage]:
     """The passages of `seal.source` (a SealConfig), each checked to have questions."""
-    passages = embedded_passages(seal.question_split)
+    if seal.source == "local":
+        passages = seal_release_passages(seal.files, seal.scorer)
+    else:
+        passages = embedded_passages(seal.question_split)
     for passage in passages:
         if not passage.questions:
-            raise UserError(f"seal: the passage {passage.title!r} has no questions in split '{seal.question_split}'; "
-                            "every passage needs questions to reward a self-edit")
+            where = f"in {', '.join(seal.files)}" if seal.source == "local" else f"in split '{seal.question_split}'"
+            raise UserError(f"seal: the passage {passage.title!r} has no questions {where}; every passage needs "
+                            "questions to reward a self-edit")
     return passages
 
 
