@@ -132,13 +132,14 @@ def world_of(model_name: str, tasks: list[TaskSpec]) -> str:
     """'embedded' when the shipped tiny model (or a run trained from it) runs the embedded tasks; 'paper'
     when the tasks are the paper's data (the general suite may be embedded skills); otherwise 'custom'."""
     embedded_tasks = all(t.source == "embedded" for t in tasks)
-    if embedded_tasks and _model_world(model_name) == "embedded":
+    if embedded_tasks and model_world(model_name) == "embedded":
         return "embedded"
     worlds = {t.extra.get("world", "custom") for t in tasks}
     return "paper" if "paper" in worlds and "custom" not in worlds else "custom"
 
 
-def _model_world(model_name: str) -> str:
+def model_world(model_name: str) -> str:
+    """'embedded' for the shipped tiny model or a run trained from it (its results.json says so), else 'custom'."""
     if model_name == EMBEDDED_MODEL:
         return "embedded"
     results = Path(model_name) / "results.json"

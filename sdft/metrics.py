@@ -97,6 +97,12 @@ def mean_ci95(values: list[float]) -> tuple[float, float | None]:
     return mean(values), quantile * stdev(values) / math.sqrt(len(values))
 
 
+def mean_ci95_of_present(values: list) -> tuple[float | None, float | None]:
+    """mean_ci95 over the values that are not None; (None, None) when none is (a metric some seeds lack)."""
+    values = [v for v in values if v is not None]
+    return mean_ci95(values) if values else (None, None)
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k for one problem with n samples of which c are correct (Chen et al. 2021):
     1 - C(n-c, k) / C(n, k), the chance that k samples drawn without replacement include a correct one."""

@@ -25,7 +25,7 @@ from sdft.claim import Claim, claim_continuing
 from sdft.config import Config
 from sdft.console import progress_bar
 from sdft.errors import UserError
-from sdft.eval_service import JUDGE_CACHE_DIR
+from sdft.eval_service import JUDGE_CACHE_DIR, model_world
 from sdft.judge import judge_problem, make_judge
 from sdft.scoring import is_judged
 from sdft.files import append_jsonl, atomic_write_json, read_jsonl_records
@@ -96,7 +96,7 @@ def run_seal(plan: SealPlan) -> dict:
     for run in plan.seeds:
         done = run.run_dir / "results.json"
         per_seed[run.cfg.seed] = read_json(done) if done.is_file() else _run_seed(load_model(cfg.model), run)
-    results = {"world": per_seed[plan.seeds[0].cfg.seed]["world"], "model": cfg.model.name_or_path,
+    results = {"world": _world(cfg), "model": cfg.model.name_or_path,
                "template": cfg.seal.template, "k": cfg.seal.k, "seeds": list(cfg.seal.seeds),
                "metric": "strict accuracy on the held-out passages' questions, asked without the passage; means over "
                          "the seeds, 95% half-widths beside (Student t)",
@@ -108,11 +108,7 @@ def run_seal(plan: SealPlan) -> dict:
 
 def seed_means(per_seed: list[dict]) -> dict:
     """seal_table and rounds as means over the seeds' results, each with its 95% half-width (None for one seed)."""
-    from sdft.metrics import mean_ci95
-
-    def mean_and_ci(values):
-        values = [v for v in values if v is not None]
-        return mean_ci95(values) if values else (None, None)
+    from sdft.metrics import mean_ci95_of_present as mean_and_ci
 
     table = {row: mean_and_ci([r["seal_table"][row] for r in per_seed]) for row in per_seed[0]["seal_table"]}
     rounds = []
@@ -150,12 +146,20 @@ def _run_seed(loaded, plan: SeedRun) -> dict:
                 append_jsonl(plan.run_dir / "rounds.jsonl", [finished[r]])
             bar.advance(bar_task)
     results = {
-        "world": cfg.seal.source, "seed": cfg.seed,
+        "world": _world(cfg), "seed": cfg.seed,
         "seal_table": _in_table_order(table), "rounds": [finished[r] for r in sorted(finished)],
         "train_passages": [p.title for p in plan.train], "held_out_passages": [p.title for p in plan.held_out],
     }
     atomic_write_json(plan.run_dir / "results.json", results)
     return results
+
+
+def _world(cfg: Config) -> str:
+    """Which world the numbers come from: the embedded one (its passages and the shipped model or one trained from
+    it), the paper's (the SEAL release's files) or a mix (embedded passages, another model)."""
+    if cfg.seal.source == "local":
+        return "paper"
+    return "embedded" if model_world(cfg.model.name_or_path) == "embedded" else "custom"
 
 
 def _in_table_order(table: dict[str, float]) -> dict[str, float]:

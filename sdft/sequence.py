@@ -33,7 +33,7 @@ from sdft.config import Config, ModelConfig, config_to_dict
 from sdft.config.mapping import apply_override
 from sdft.console import console
 from sdft.errors import UserError
-from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95
+from sdft.metrics import DEFINITIONS, all_metrics, forgetting_per_task, mean_ci95_of_present
 from sdft.eval_service import EvalService, world_of
 from sdft.knowledge_table import knowledge_table
 from sdft.methods.harness import per_device_batch_size
@@ -223,7 +223,7 @@ def _method_summary(plan: SequencePlan, seeds: dict[int, list[dict]]) -> dict:
     matrix, matrix_ci = _cellwise([r["matrix"] for r in runs])
     (general,), (general_ci,) = _cellwise([[r["general"]] for r in runs])
     (forget,), (forget_ci,) = _cellwise([[r["forgetting_per_task"]] for r in runs])
-    metrics = {k: _mean_or_none([r["metrics"][k] for r in runs]) for k in runs[0]["metrics"]}
+    metrics = {k: mean_ci95_of_present([r["metrics"][k] for r in runs]) for k in runs[0]["metrics"]}
     return {
         "matrix": matrix, "matrix_ci95": matrix_ci, "general": general, "general_ci95": general_ci,
         "metrics": {k: v[0] for k, v in metrics.items()}, "metrics_ci95": {k: v[1] for k, v in metrics.items()},
@@ -236,15 +236,10 @@ def _cellwise(grids: list[list[list]]) -> tuple[list[list], list[list]]:
     """Mean and CI half-width of every cell across seeds."""
     means, halves = [], []
     for r in range(len(grids[0])):
-        cells = [_mean_or_none([g[r][c] for g in grids]) for c in range(len(grids[0][r]))]
+        cells = [mean_ci95_of_present([g[r][c] for g in grids]) for c in range(len(grids[0][r]))]
         means.append([m for m, _ in cells])
         halves.append([h for _, h in cells])
     return means, halves
-
-
-def _mean_or_none(values: list) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
-    return mean_ci95(values) if values else (None, None)
 
 
 
