@@ -23,7 +23,7 @@ def test_the_config_and_the_registry_name_the_same_methods():
 
 def test_every_method_trains_natively_and_names_its_unit():
     for name, method in METHODS.items():
-        assert method.name == name and "native" in method.trainers and method.unit in ("rows", "corpus blocks")
+        assert method.name == name and "native" in method.trainers and method.unit in ("rows", "corpus blocks", "articles")
     assert set(METHODS["sdft"].trainers) == {"native", "trl"}  # the reference engine exists for sdft only
 
 
