@@ -58,6 +58,8 @@ class SealPlan:
     seeds: list[SeedRun]
     claim: Claim | None
     """The run folder (None for a dry run); rerunning on it continues at the passage it stopped at."""
+    continual: Config | None = None
+    """The continual experiment's sequence config (seal.continual, writer set), None without one."""
 
     @property
     def run_dir(self) -> Path:
@@ -82,7 +84,28 @@ def plan_seal(cfg: Config, output: str | Path | None, dry_run: bool = False) -> 
         train, held_out = split_passages(passages, seal.train_passages, seal.held_out_passages, seed)
         folder = claim.run_dir / f"seed-{seed}" if claim else None
         runs.append(SeedRun(dataclasses.replace(cfg, seed=seed), train, held_out, folder, answering))
-    return SealPlan(cfg, runs, claim)
+    return SealPlan(cfg, runs, claim, _continual_config(cfg, runs[0]))
+
+
+def _continual_config(cfg: Config, first: SeedRun) -> Config | None:
+    """seal.continual loaded on this config's model, its SEAL chain written by the first seed's last policy; refused
+    when a stream article was one of that seed's training passages (the writer would have trained on it)."""
+    from sdft.config import load_config
+    from sdft.tasks.registry import load_tasks, task_registry
+
+    if cfg.seal.continual is None:
+        return None
+    writer = _policy_dir(first, cfg.seal.rounds) if cfg.seal.rounds and first.run_dir else None
+    stream = load_config(cfg.seal.continual, [f"model.name_or_path={cfg.model.name_or_path}",
+                                              f"seal.writer={writer if writer else 'null'}"])
+    trained = {p.title for p in first.train}
+    for task in load_tasks(stream.tasks, task_registry(stream.custom_tasks, stream.task_sources)):
+        seen = trained.intersection(task.extra.get("articles", {}))
+        if seen:
+            raise UserError(f"seal.continual: {cfg.seal.continual}'s task {task.name} is about {sorted(seen)[0]!r}, a "
+                            f"training passage of seed {first.cfg.seed}, whose policy writes the stream's self-edits; "
+                            "stream articles that seed held out")
+    return stream
 
 
 def run_seal(plan: SealPlan) -> dict:
@@ -100,10 +123,26 @@ def run_seal(plan: SealPlan) -> dict:
                "template": cfg.seal.template, "k": cfg.seal.k, "seeds": list(cfg.seal.seeds),
                "metric": "strict accuracy on the held-out passages' questions, asked without the passage; means over "
                          "the seeds, 95% half-widths beside (Student t)",
-               **seed_means(list(per_seed.values())), "elapsed_seconds": time.perf_counter() - started,
-               "per_seed": {str(seed): r for seed, r in per_seed.items()}}
+               **seed_means(list(per_seed.values()))}
+    if plan.continual is not None:
+        results["continual"] = _run_continual(plan)
+    results.update(elapsed_seconds=time.perf_counter() - started,
+                   per_seed={str(seed): r for seed, r in per_seed.items()})
     atomic_write_json(plan.run_dir / "results.json", results)
     return results
+
+
+def _run_continual(plan: SealPlan) -> dict:
+    """The continual sequence in continual/ (a rerun resumes it as any sequence): each method's metrics, with their
+    95% half-widths, and where the report is."""
+    from sdft.sequence import plan_sequence, run_sequence
+
+    folder = plan.run_dir / "continual"
+    sequence = run_sequence(plan_sequence(plan.continual, folder))
+    return {"config": plan.cfg.seal.continual, "writer": plan.continual.seal.writer, "tasks": sequence["tasks"],
+            "report": str(folder / "report.md"),
+            "methods": {m: {"metrics": v["metrics"], "metrics_ci95": v["metrics_ci95"]}
+                        for m, v in sequence["methods"].items()}}
 
 
 def seed_means(per_seed: list[dict]) -> dict:
@@ -312,6 +351,13 @@ def seal_lines(results: dict) -> str:
     lines += [f"  {row:16} {cell(v, results['seal_table_ci95'][row])}" for row, v in results["seal_table"].items()]
     lines += [f"  round {r['round']}: mean reward {cell(r['mean_reward'], r['mean_reward_ci95'])}, positive share "
               f"{r['positive_share']:.2f}" for r in results["rounds"]]
+    if "continual" in results:
+        continual = results["continual"]
+        lines.append(f"continual, {len(continual['tasks'])} articles one after another ({continual['report']}):")
+        for method, summary in continual["methods"].items():
+            m, h = summary["metrics"], summary["metrics_ci95"]
+            lines.append(f"  {method:6} ACC {cell(m['acc'], h['acc'])}, BWT {cell(m['bwt'], h['bwt'])}, general delta "
+                         f"{cell(m['general_delta'], h['general_delta'])}")
     return "\n".join(lines)
 
 
@@ -328,4 +374,7 @@ def dry_run_lines(plan: SealPlan) -> list[str]:
             f"{seal.inner_epochs} epochs, lr {seal.inner_learning_rate:g}, batch {seal.inner_batch_size})"),
             (f"rounds: {seal.rounds}; SFT on the kept self-edits with LoRA r {seal.outer_lora.r}, "
             f"{seal.outer_epochs} epochs, lr {seal.outer_learning_rate:g}, merged after each round"),
-            f"table rows: {', '.join([*BASE_ROWS, *(f'seal_round_{r}' for r in range(1, seal.rounds + 1))])}"]
+            f"table rows: {', '.join([*BASE_ROWS, *(f'seal_round_{r}' for r in range(1, seal.rounds + 1))])}",
+            *([f"then continual: {seal.continual} ({', '.join(plan.continual.sequence.methods)} over "
+               f"{', '.join(plan.continual.tasks)}), SEAL's self-edits written by seed {first.cfg.seed}'s last policy"]
+              if plan.continual else [])]

@@ -286,3 +286,36 @@ def test_the_paper_config_dry_runs_on_local_files_in_the_release_schema(tmp_path
 def test_a_malformed_release_file_is_one_line_naming_the_item(tmp_path, items, message):
     with pytest.raises(UserError, match=message):
         load_passages(SealConfig(source="local", files=[str(release_file(tmp_path, items))], scorer="normalized"))
+
+
+def stream_file(tmp_path, tiny_model_dir, tasks: str) -> Path:
+    path = tmp_path / "stream.yaml"
+    path.write_text(f"model: {{name_or_path: {tiny_model_dir}}}\ntasks: {tasks}\n"
+                    "eval: {general: [], max_new_tokens: 3}\n"
+                    "train: {steps: 1, batch_size: 2, max_completion_tokens: 8, max_prompt_tokens: 64}\n"
+                    "seal: {inner_epochs: 1, max_self_edit_tokens: 6}\n"
+                    "sequence: {methods: [seal, sft], method_overrides: {seal: {lora.enabled: false}, "
+                    "sft: {task_sources.knowledge.teacher_context: answer}}}\nlora: {enabled: true}\n")
+    return path
+
+
+def test_the_continual_stream_runs_after_the_table_with_the_last_policy_writing(tiny_model_dir, tmp_path, monkeypatch):
+    cfg = tiny(tiny_model_dir, rounds=1, continual=str(stream_file(tmp_path, tiny_model_dir, "[knowledge@1]")))
+    tokenizer = load_model(cfg.model).tokenizer
+    results = run(cfg, tmp_path / "run", monkeypatch, tokenizer)
+    continual = results["continual"]
+    assert continual["writer"] == str(tmp_path / "run" / "seed-0" / "rounds" / "round-1" / "policy")
+    assert continual["tasks"] == ["knowledge@1"] and set(continual["methods"]) == {"seal", "sft"}
+    assert {"acc", "bwt", "general_delta"} <= set(continual["methods"]["seal"]["metrics"])
+    assert (tmp_path / "run" / "continual" / "report.md").is_file()
+    assert (tmp_path / "run" / "continual" / "seal" / "seed-0" / "stage-1-knowledge@1" / "self_edits.jsonl").is_file()
+
+
+def test_a_stream_article_the_writer_trained_on_is_refused_before_anything_loads(tiny_model_dir, tmp_path):
+    from sdft.seal_run import plan_seal
+
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "seal.train_passages=20",
+                             f"seal.continual={stream_file(tmp_path, tiny_model_dir, '[knowledge@1]')}"])
+    first_article = load_passages(cfg.seal)[0].title
+    with pytest.raises(UserError, match=f"is about '{first_article}', a training passage of seed 0"):
+        plan_seal(cfg, tmp_path / "run", dry_run=True)

@@ -87,6 +87,11 @@ class SealConfig:
     """`train.method: seal` (one self-edit per article, fitted and merged; the continual experiment): the model that
     writes the self-edits, e.g. a `sdft seal` run's seed-0/rounds/round-2/policy. None: the model being updated
     writes its own (the paper's setting, where the SEAL-trained model is the one updated)."""
+    continual: str | None = None
+    """`sdft seal`: a sequence config (e.g. configs/knowledge_stream.yaml) run after the table in DIR/continual/, on
+    this config's model, with `writer` = the first seed's last policy: SEAL's continual experiment beside the
+    sequence's other methods in one report. Its tasks must be articles that seed held out (checked before anything
+    trains). None: no continual run."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Runs of the whole experiment, each with its own passage split, self-edits and fits; results.json holds the
     means with 95% half-widths (ours: the paper reports one run)."""
