@@ -229,10 +229,9 @@ def _edits_path(plan: SeedRun, r: int) -> Path:
 
 
 def _seed(cfg: Config, *parts) -> int:
-    """A seed for one draw, fixed by the run's seed and what it is for (so a resumed run draws the same)."""
-    import hashlib
+    from sdft.methods.seal import draw_seed
 
-    return int(hashlib.sha256(repr((cfg.seed, *parts)).encode()).hexdigest()[:8], 16)
+    return draw_seed(cfg.seed, *parts)
 
 
 def _round(loaded, plan: SeedRun, r: int, bar) -> None:

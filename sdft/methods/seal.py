@@ -180,7 +180,7 @@ def train_seal(stage) -> StageResult:
         dataclasses.replace(cfg.model, name_or_path=seal.writer, revision=None))
     records, steps = [], 0
     for passage in passages_of(stage.task, cfg.train.split):
-        seed = _stage_seed(cfg.seed, passage.title)
+        seed = draw_seed(cfg.seed, "update", passage.title)
         [generation] = sample_self_edits(writer, passage, seal, 1, seed)
         lines = self_edit_lines(generation.text)
         examples = inner_examples(loaded.tokenizer, passage, lines)
@@ -200,8 +200,9 @@ def train_seal(stage) -> StageResult:
     return StageResult(steps, metrics, save_model(loaded.model, loaded.tokenizer, stage.model_dir))
 
 
-def _stage_seed(seed: int, title: str) -> int:
-    """The draws of one article's update, fixed by the run's seed and the article (a rerun draws the same)."""
+def draw_seed(seed: int, *parts) -> int:
+    """A seed for one draw (a sampling, a fit), fixed by the run's seed and what the draw is for, e.g. ("fit", title):
+    a resumed run draws the same, whatever ran before it."""
     import hashlib
 
-    return int(hashlib.sha256(f"seal-update\n{seed}\n{title}".encode()).hexdigest()[:8], 16)
+    return int(hashlib.sha256(repr((seed, *parts)).encode()).hexdigest()[:8], 16)
