@@ -83,3 +83,19 @@ def test_seal_and_sft_on_one_passage_stream_fill_one_matrix(tiny_model_dir, tmp_
     after = load_file(str(stage1 / "model" / "model.safetensors"))
     changed = [k for k in base if not torch.equal(base[k], after[k])]
     assert changed and all(k in after for k in base)  # full weights, the update merged into them
+
+
+def test_an_empty_self_edit_in_the_stream_is_a_counted_no_op(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(seal_methods, "sample_self_edits", lambda loaded, passage, seal, n, seed: [
+        Generation([], " \n ", False)])
+    monkeypatch.setattr(seal_methods, "fit_adapter", lambda *a, **k: pytest.fail("an empty self-edit was fitted"))
+    cfg = stream_config(tiny_model_dir, "tasks=[knowledge@1]", "sequence.methods=[seal]")
+    results = run_sequence(plan_sequence(cfg, tmp_path / "run"))
+    stage = tmp_path / "run" / "seal" / "seed-0" / "stage-1-knowledge@1"
+    assert json.loads((stage / "self_edits.jsonl").read_text()) == {
+        "title": world.events("task", world.VERSION)[0].title, "self_edit": " \n ", "lines": 0, "empty": True,
+        "hit_cap": False, "steps": 0}
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    after = load_file(str(stage / "model" / "model.safetensors"))
+    assert all(torch.equal(base[k], after[k]) for k in base)
+    assert results["methods"]["seal"]["matrix"][1] == results["methods"]["seal"]["matrix"][0]

@@ -165,7 +165,7 @@ def train_seal(stage) -> StageResult:
     for each article in turn the writer (`seal.writer`, or the model itself) writes one self-edit (seal.template,
     seal.sampling), an adapter (seal.inner_lora) is fitted on the article + the self-edit's lines exactly as the
     inner loop fits the self-edits it rewards (seal.inner_epochs, inner_learning_rate, inner_batch_size), and merged
-    before the next article. train.steps and train.learning_rate do not apply: the update is the one SEAL's reward
+    before the next article; an empty self-edit is a counted no-op. train.steps and train.learning_rate do not apply: the update is the one SEAL's reward
     selects self-edits for. The self-edits are recorded in the stage's self_edits.jsonl; the merged model is saved
     whole in model/. A stage stopped midway starts again (its draws are seeded: the rerun is the same)."""
     import dataclasses
@@ -183,20 +183,21 @@ def train_seal(stage) -> StageResult:
         seed = draw_seed(cfg.seed, "update", passage.title)
         [generation] = sample_self_edits(writer, passage, seal, 1, seed)
         lines = self_edit_lines(generation.text)
-        examples = inner_examples(loaded.tokenizer, passage, lines)
-        fit_steps = math.ceil(seal.inner_epochs * len(examples) / seal.inner_batch_size)
-        loaded.model = wrap_with_lora(loaded.model, seal.inner_lora, seed)
-        fit = fit_adapter(loaded.model, loaded.tokenizer, examples, fit_steps, seal.inner_learning_rate,
-                          seal.inner_batch_size, seed)
-        loaded.model = loaded.model.merge_and_unload()
-        steps += fit_steps
-        records.append({"title": passage.title, "self_edit": generation.text, "lines": len(lines),
-                        "empty": not lines, "hit_cap": generation.hit_cap, "steps": fit_steps,
-                        "loss_before": fit.loss_before, "loss_after": fit.loss_after, "seconds": fit.seconds})
+        record = {"title": passage.title, "self_edit": generation.text, "lines": len(lines), "empty": not lines,
+                  "hit_cap": generation.hit_cap, "steps": 0}
+        if lines:  # an empty self-edit is a no-op update, as in the inner loop (and SEAL's code)
+            examples = inner_examples(loaded.tokenizer, passage, lines)
+            record["steps"] = math.ceil(seal.inner_epochs * len(examples) / seal.inner_batch_size)
+            loaded.model = wrap_with_lora(loaded.model, seal.inner_lora, seed)
+            fit = fit_adapter(loaded.model, loaded.tokenizer, examples, record["steps"], seal.inner_learning_rate,
+                              seal.inner_batch_size, seed)
+            loaded.model = loaded.model.merge_and_unload()
+            record.update(loss_before=fit.loss_before, loss_after=fit.loss_after, seconds=fit.seconds)
+        steps += record["steps"]
+        records.append(record)
     atomic_write_text(stage.run_dir / "self_edits.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     metrics = {"articles": len(records), "empty_self_edits": sum(r["empty"] for r in records),
-               "self_edit_lines": sum(r["lines"] for r in records),
-               "loss_after": sum(r["loss_after"] for r in records) / max(len(records), 1)}
+               "self_edit_lines": sum(r["lines"] for r in records)}
     return StageResult(steps, metrics, save_model(loaded.model, loaded.tokenizer, stage.model_dir))
 
 
