@@ -51,8 +51,9 @@ def dry_run_train(cfg: Config, processes: int = 1) -> DryRun:
 
 
 def dry_run_sequence(cfg: Config, processes: int = 1) -> DryRun:
-    from sdft.sequence import stage_config
+    from sdft.sequence import check_sequence, stage_config
 
+    check_sequence(cfg, task_registry(cfg.custom_tasks, cfg.task_sources))
     seed = cfg.sequence.seeds[0]
     stages = [stage_config(cfg, task, method, seed) for method in cfg.sequence.methods for task in cfg.tasks]
     return _dry_run(cfg, stages, processes)

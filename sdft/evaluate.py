@@ -100,8 +100,8 @@ def batch_scorer(task: TaskSpec, judge=None) -> BatchScorer:
 
     def score(responses: list[str], rows: list[Row]) -> list[dict]:
         graded = [{"score": scorer(text, row.answer)} for text, row in zip(responses, rows)]
-        for entry, text, row in zip(graded, responses, rows):
-            if extra:
+        if extra:
+            for entry, text, row in zip(graded, responses, rows):
                 entry["metrics"] = {name: grade(text, row.answer) for name, grade in extra.items()}
         return graded
     return score

@@ -62,9 +62,8 @@ class SequencePlan:
         self.service = EvalService(self.cfg, self.general)
 
 
-def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
-    """Check every name and every per-stage override before anything trains."""
-    registry = task_registry(cfg.custom_tasks, cfg.task_sources)
+def check_sequence(cfg: Config, registry: dict) -> None:
+    """Every name and every per-stage and per-method override, before anything trains (the run and its dry run)."""
     require_known([*cfg.tasks, *cfg.eval.general], registry)
     require_known(cfg.eval.tasks, registry)
     unknown = set(cfg.sequence.stages) - set(cfg.tasks)
@@ -79,6 +78,11 @@ def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
     for task in cfg.tasks:
         for method in {*cfg.sequence.methods, *cfg.sequence.method_overrides}:
             stage_config(cfg, task, method, cfg.sequence.seeds[0])
+
+
+def plan_sequence(cfg: Config, output: str | Path | None) -> SequencePlan:
+    registry = task_registry(cfg.custom_tasks, cfg.task_sources)
+    check_sequence(cfg, registry)
     tasks, general = load_tasks(cfg.tasks, registry), load_tasks(cfg.eval.general, registry)
     also = load_tasks([t for t in cfg.eval.tasks if t not in cfg.tasks], registry)
     claim = claim_sequence(Path(output) if output else Path(cfg.output_root) / ("sequence-" + "-".join(cfg.tasks)), cfg)

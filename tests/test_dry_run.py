@@ -177,3 +177,11 @@ def test_the_knowledge_table_plans_on_local_paper_files(tiny_model_dir):
     for method in ("sdft", "sft", "cpt"):
         assert f"{method} on knowledge:" in out
     assert "cpt on knowledge: 5 corpus blocks" in out  # the fixture's articles, not the embedded ones
+
+
+@pytest.mark.parametrize("override,message", [("sequence.method_overrides={sfd: {train.steps: 3}}", "not methods"),
+                                              ("eval.tasks=[knowledge_odd]", "unknown task 'knowledge_odd'")])
+def test_the_sequence_dry_run_refuses_what_the_run_would(override, message, tiny_model_dir):
+    code, out = invoke("sequence", "-c", ROOT / "configs" / "knowledge.yaml", "--dry-run",
+                       *sets(f"model.name_or_path={tiny_model_dir}", override))
+    assert code == 1 and message in out, out

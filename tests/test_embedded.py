@@ -178,5 +178,8 @@ def test_the_model_writes_self_edits_whose_kind_follows_the_template(tiny):
         edits = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return sum("?" in edit for edit in edits) / len(edits)
 
-    assert share_with_questions("self_qa") >= 0.8  # full task, seed 1234: 0.97
-    assert 0.04 <= share_with_questions("implications") <= 0.6  # a mix: some samples hold questions (0.20)
+    # shares of samples holding a question line; two seeds of this sampler gave self_qa 1.00 / 1.00, implications
+    # 0.63 / 0.21, rewrite 0.25 / 0.04: implications is a mix between the other two, whatever the draw
+    shares = {template: share_with_questions(template) for template in ("rewrite", "implications", "self_qa")}
+    assert shares["self_qa"] >= 0.8, shares
+    assert shares["rewrite"] < shares["implications"] < shares["self_qa"], shares
