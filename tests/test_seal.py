@@ -227,7 +227,8 @@ def test_sdft_seal_end_to_end_on_the_embedded_world(tmp_path):
     import json
 
     sets = ["seal.k=2", "seal.train_passages=2", "seal.held_out_passages=2", "seal.eval_times=1", "seal.inner_epochs=2",
-            "seal.rounds=2", "seal.max_self_edit_tokens=64", "eval.max_new_tokens=24"]
+            "seal.rounds=2", "seal.max_self_edit_tokens=64", "eval.max_new_tokens=24",
+            "seal.continual=null", "seal.seeds=[0]"]  # the continual run: test_the_continual_stream_runs_after_...
     args = ["seal", str(Path(__file__).resolve().parent.parent / "configs" / "seal.yaml"), "--output", str(tmp_path / "run"),
             *(item for s in sets for item in ("--set", s))]
     first = CliRunner().invoke(app, args, prog_name="sdft")
