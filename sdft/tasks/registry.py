@@ -48,8 +48,8 @@ def loader_of(name: str, registry: dict[str, TaskLoader]) -> TaskLoader:
     base, separator, index = name.rpartition(ARTICLE_SEPARATOR)
     if separator and base in registry and index.isdigit():
         return partial(article_view, registry[base], int(index))
-    raise UserError(f"unknown task '{name}'{did_you_mean(name, registry)}; `sdft tasks` lists the known ones"
-                    f" (and <knowledge task>{ARTICLE_SEPARATOR}N names one article)")
+    hint = f" (<knowledge task>{ARTICLE_SEPARATOR}N names its N-th article)" if separator else ""
+    raise UserError(f"unknown task '{name}'{did_you_mean(name, registry)}; `sdft tasks` lists the known ones{hint}")
 
 
 def require_known(names: Iterable[str], registry: dict[str, TaskLoader]) -> None:
