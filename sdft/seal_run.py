@@ -26,10 +26,10 @@ from sdft.config import Config
 from sdft.console import progress_bar
 from sdft.errors import UserError
 from sdft.eval_service import JUDGE_CACHE_DIR, model_world
-from sdft.judge import judge_problem, make_judge
-from sdft.scoring import is_judged
 from sdft.files import append_jsonl, atomic_write_json, read_jsonl_records
+from sdft.judge import judge_problem, make_judge
 from sdft.runs import write_run_header
+from sdft.scoring import is_judged
 from sdft.tasks.passages import Passage, load_passages, split_passages
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _continual_config(cfg: Config, first: SeedRun) -> Config | None:
     for task in load_tasks(stream.tasks, task_registry(stream.custom_tasks, stream.task_sources)):
         seen = trained.intersection(task.extra.get("articles", {}))
         if seen:
-            raise UserError(f"seal.continual: {cfg.seal.continual}'s task {task.name} is about {sorted(seen)[0]!r}, a "
+            raise UserError(f"seal.continual: {cfg.seal.continual}'s task {task.name} is about {min(seen)!r}, a "
                             f"training passage of seed {first.cfg.seed}, whose policy writes the stream's self-edits; "
                             "stream articles that seed held out")
     return stream
@@ -374,6 +374,6 @@ def dry_run_lines(plan: SealPlan) -> list[str]:
             (f"rounds: {seal.rounds}; SFT on the kept self-edits with LoRA r {seal.outer_lora.r}, "
             f"{seal.outer_epochs} epochs, lr {seal.outer_learning_rate:g}, merged after each round"),
             f"table rows: {', '.join([*BASE_ROWS, *(f'seal_round_{r}' for r in range(1, seal.rounds + 1))])}",
-            *([f"then continual: {seal.continual} ({', '.join(plan.continual.sequence.methods)} over "
-               f"{', '.join(plan.continual.tasks)}), SEAL's self-edits written by seed {first.cfg.seed}'s last policy"]
-              if plan.continual else [])]
+            *([(f"then continual: {seal.continual} ({', '.join(plan.continual.sequence.methods)} over "
+                f"{', '.join(plan.continual.tasks)}), SEAL's self-edits written by seed {first.cfg.seed}'s last "
+                "policy")] if plan.continual else [])]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from sdft.config import load_config

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from sdft.adapters import reset_adapters, wrap_with_lora
 from sdft.config import SamplingConfig
 from sdft.config.seal import SealConfig
+from sdft.errors import UserError
 from sdft.generation import Generation, generate_texts
 from sdft.methods.fit import Example, FitResult, examples_from_pairs, fit_adapter
 from sdft.methods.harness import StageResult
 from sdft.prompts import render_prompt
-from sdft.errors import UserError
 from sdft.scoring import JUDGED, get_scorer, is_judged
 from sdft.tasks.articles import ORACLE_TEMPLATE, SELF_EDIT_TEMPLATES
 from sdft.tasks.passages import Passage
