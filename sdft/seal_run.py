@@ -95,6 +95,9 @@ def _continual_config(cfg: Config, first: SeedRun) -> Config | None:
 
     if cfg.seal.continual is None:
         return None
+    if not Path(cfg.seal.continual).is_file():
+        raise UserError(f"seal.continual: no sequence config at {cfg.seal.continual} (a path from the working "
+                        "directory, e.g. configs/knowledge_stream.yaml; null for no continual run)")
     writer = _policy_dir(first, cfg.seal.rounds) if cfg.seal.rounds and first.run_dir else None
     stream = load_config(cfg.seal.continual, [f"model.name_or_path={cfg.model.name_or_path}",
                                               f"seal.writer={writer if writer else 'null'}"])
@@ -264,7 +267,7 @@ def _train_policy(loaded, plan: SeedRun, r: int) -> None:
     """ReST-EM's SFT on round r's kept self-edits, merged and saved as round r's policy; no kept self-edit leaves the
     policy as it was (saved all the same, so that the round counts as done)."""
     from sdft.adapters import merge_and_save
-    from sdft.files import write_folder_whole
+    from sdft.methods.harness import save_model
     from sdft.methods.seal import outer_sft, self_edit_prompt
 
     by_title = {p.title: p for p in plan.train}
@@ -278,8 +281,7 @@ def _train_policy(loaded, plan: SeedRun, r: int) -> None:
         loaded.model = merge_and_save(wrapped, loaded.tokenizer, _policy_dir(plan, r))
     else:
         atomic_write_json(sft_path, {"examples": 0})
-        write_folder_whole(_policy_dir(plan, r), lambda tmp: (loaded.model.save_pretrained(str(tmp)),
-                                                              loaded.tokenizer.save_pretrained(str(tmp))))
+        save_model(loaded.model, loaded.tokenizer, _policy_dir(plan, r))
 
 
 def _round_summary(plan: SeedRun, r: int) -> dict:
